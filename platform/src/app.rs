@@ -1,0 +1,152 @@
+//! A service's process: database, producer, outbox relay, its one consumer group
+//! and any background workers, with an orderly shutdown.
+//!
+//! Shutdown order matters: consumers and workers stop first (finishing the record
+//! in hand and committing offsets), then the relay drains the outbox and flushes
+//! the producer, then the database closes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use rdkafka::producer::FutureProducer;
+use sqlx::migrate::Migrator;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{self, ConsumerSettings, Handler, RetryPolicy};
+use crate::{kafka, outbox, Db, Error, PlatformConfig};
+
+type Task = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+type TaskFactory = Box<dyn FnOnce(CancellationToken) -> Task + Send>;
+
+/// A built service, ready to run.
+pub struct App {
+    service: &'static str,
+    config: PlatformConfig,
+    db: Db,
+    producer: FutureProducer,
+    relay: Arc<Notify>,
+    tasks: Vec<(&'static str, TaskFactory)>,
+}
+
+impl App {
+    /// Connects to the database (migrating it) and the broker (creating missing
+    /// topics, including this service's dead-letter topic).
+    pub async fn build(service: &'static str, config: PlatformConfig, migrations: &Migrator) -> Result<App, Error> {
+        let url = config.database_url_for(service);
+        let db = Db::connect(&url, config.database_max_connections).await?;
+        db.migrate(migrations).await?;
+        let dlq = events::topics::dead_letter(&config.group_id_for(service));
+        let mut topics: Vec<&str> = events::topics::ALL.to_vec();
+        topics.push(&dlq);
+        kafka::ensure_topics(&config.brokers, &topics, config.topic_partitions, config.topic_replication).await?;
+        let producer = kafka::producer(&config.brokers)?;
+        tracing::info!(service, database = %redact(&url), brokers = %config.brokers, "built");
+        Ok(App { service, config, db, producer, relay: Arc::new(Notify::new()), tasks: Vec::new() })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    /// Wakes the outbox relay; pass to [`outbox::Tx::commit`].
+    pub fn relay(&self) -> Arc<Notify> {
+        self.relay.clone()
+    }
+
+    /// Consumes `topics` in the service's consumer group with `handler`.
+    pub fn consume<H: Handler>(mut self, topics: &[&'static str], handler: H) -> Self {
+        let config = &self.config;
+        let settings = ConsumerSettings {
+            service: self.service,
+            brokers: config.brokers.clone(),
+            group_id: config.group_id_for(self.service),
+            topics: topics.to_vec(),
+            retry: RetryPolicy {
+                max_attempts: config.retry_max_attempts,
+                min_delay: config.retry_min_delay,
+                max_delay: config.retry_max_delay,
+                max_elapsed: config.retry_max_elapsed,
+            },
+        };
+        let (db, producer, relay, handler) = (self.db.clone(), self.producer.clone(), self.relay.clone(), Arc::new(handler));
+        self.tasks.push((
+            "consumer",
+            Box::new(move |stop| Box::pin(consumer::run(settings, db, producer, relay, handler, stop))),
+        ));
+        self
+    }
+
+    /// Runs a background worker until shutdown (stopped with the consumers).
+    pub fn spawn<F, Fut>(mut self, name: &'static str, worker: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        self.tasks.push((name, Box::new(move |stop| Box::pin(worker(stop)))));
+        self
+    }
+
+    /// Runs until `shutdown` is cancelled or a task fails, then shuts down in order.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let stop_work = CancellationToken::new();
+        let stop_relay = CancellationToken::new();
+        let relay = tokio::spawn(outbox::relay(
+            self.db.clone(),
+            self.producer.clone(),
+            self.relay.clone(),
+            self.config.outbox_poll_interval,
+            stop_relay.clone(),
+        ));
+        let mut tasks = JoinSet::new();
+        for (name, factory) in self.tasks {
+            let task = factory(stop_work.clone());
+            tasks.spawn(async move { (name, task.await) });
+        }
+        let mut failure = None;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            Some(done) = tasks.join_next() => failure = task_failure(done),
+        }
+        tracing::info!(service = self.service, "stopping");
+        stop_work.cancel();
+        while let Some(done) = tasks.join_next().await {
+            failure = failure.or(task_failure(done));
+        }
+        stop_relay.cancel();
+        if let Err(error) = relay.await {
+            tracing::error!(%error, "outbox relay panicked");
+        }
+        self.db.close().await;
+        tracing::info!(service = self.service, "stopped");
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+fn task_failure(done: Result<(&'static str, Result<(), Error>), tokio::task::JoinError>) -> Option<Error> {
+    match done {
+        Ok((_, Ok(()))) => None,
+        Ok((name, Err(error))) => Some(Error::Other(format!("{name} failed: {error}"))),
+        Err(error) => Some(Error::Other(format!("task panicked: {error}"))),
+    }
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,88 @@
+//! Typed configuration, layered: built-in defaults that work on one machine, then
+//! environment variables, then command-line flags. Every service flattens
+//! [`PlatformConfig`] into its own `Config`.
+
+use std::time::Duration;
+
+/// Settings every service shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlatformConfig {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Database URL: `sqlite://PATH` (created if missing) or `postgres://...`.
+    /// Defaults to `sqlite://<data-dir>/<service>.db`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory for the default SQLite database.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: String,
+
+    /// Kafka consumer group; defaults to the service name. Its dead-letter topic is
+    /// `<group>.dlq`.
+    #[arg(long, env = "GROUP_ID")]
+    pub group_id: Option<String>,
+
+    /// Partitions for topics this service creates if they are missing.
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 3)]
+    pub topic_partitions: i32,
+
+    /// Replication factor for topics this service creates.
+    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+
+    /// Transient failures: attempts before a record is dead-lettered.
+    #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value_t = 8)]
+    pub retry_max_attempts: usize,
+
+    /// Transient failures: first back-off delay (e.g. `50ms`).
+    #[arg(long, env = "RETRY_MIN_DELAY", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub retry_min_delay: Duration,
+
+    /// Transient failures: longest single back-off delay.
+    #[arg(long, env = "RETRY_MAX_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub retry_max_delay: Duration,
+
+    /// Transient failures: total back-off time before a record is dead-lettered.
+    #[arg(long, env = "RETRY_MAX_ELAPSED", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub retry_max_elapsed: Duration,
+
+    /// How often the outbox relay looks for unsent rows when nothing woke it.
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub outbox_poll_interval: Duration,
+
+    /// Database connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
+    pub database_max_connections: u32,
+}
+
+impl PlatformConfig {
+    /// Defaults for `service` against `brokers`, as the CLI would produce with no
+    /// flags and an empty environment. Tests start from this.
+    pub fn local(brokers: &str) -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: PlatformConfig,
+        }
+        let mut config = Wrapper::parse_from(["service", "--brokers", brokers]).config;
+        // The defaults must not pick up the caller's environment in tests.
+        config.database_url = None;
+        config.group_id = None;
+        config
+    }
+
+    pub fn database_url_for(&self, service: &str) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}/{service}.db", self.data_dir.trim_end_matches('/')),
+        }
+    }
+
+    pub fn group_id_for(&self, service: &str) -> String {
+        self.group_id.clone().unwrap_or_else(|| service.to_owned())
+    }
+}

@@ -1,0 +1,286 @@
+//! The consumer loop, written once for all services.
+//!
+//! Records are fanned out to one worker per partition, so a partition is processed
+//! strictly in order while a slow or retrying partition does not hold up the
+//! others. For each record a worker:
+//! 1. decodes it (failure: permanent, dead-lettered);
+//! 2. opens a transaction, records the event id in the inbox (already there: a
+//!    redelivery, nothing to do), lets the handler change state and emit events
+//!    into the outbox, and commits;
+//! 3. retries transient failures with exponential back-off and jitter, bounded in
+//!    attempts and time; then dead-letters;
+//! 4. stores the offset only once the transaction committed or the dead letter was
+//!    acknowledged. Auto-commit sends stored offsets; shutdown commits them.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use events::{Envelope, Message};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{now_ms, Db};
+use crate::dead_letter;
+use crate::kafka::{self, HeaderList};
+use crate::outbox::Tx;
+use crate::{Error, ErrorClass, HandlerError};
+
+/// A service's reaction to the events it consumes.
+pub trait Handler: Send + Sync + 'static {
+    /// Whether the service reacts to this message at all. Others are skipped
+    /// without touching the database (their offsets are still stored).
+    fn wants(&self, message: &Message) -> bool;
+
+    /// Applies one event inside `tx`. Returning an error rolls the transaction
+    /// back; whether it is retried depends on its class.
+    fn handle(&self, event: &Envelope, tx: &mut Tx) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Bounds of in-process retries for transient failures.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: usize,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    pub max_elapsed: Duration,
+}
+
+impl RetryPolicy {
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_attempts.saturating_sub(1))
+            .with_total_delay(Some(self.max_elapsed))
+            .with_jitter()
+    }
+}
+
+/// Everything a consumer needs besides its handler.
+#[derive(Clone)]
+pub struct ConsumerSettings {
+    pub service: &'static str,
+    pub brokers: String,
+    pub group_id: String,
+    pub topics: Vec<&'static str>,
+    pub retry: RetryPolicy,
+}
+
+/// Channel depth per partition worker: enough to keep a worker busy between
+/// fetches, small enough that a stuck partition does not buffer much.
+const PARTITION_QUEUE: usize = 256;
+
+struct Worker<H> {
+    settings: ConsumerSettings,
+    db: Db,
+    producer: FutureProducer,
+    relay: Arc<Notify>,
+    handler: Arc<H>,
+    consumer: Arc<StreamConsumer>,
+}
+
+/// Runs until `shutdown`, then finishes the record each partition is on, and
+/// commits the stored offsets.
+pub async fn run<H: Handler>(
+    settings: ConsumerSettings,
+    db: Db,
+    producer: FutureProducer,
+    relay: Arc<Notify>,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let consumer: Arc<StreamConsumer> =
+        Arc::new(kafka::consumer_config(&settings.brokers, &settings.group_id).create()?);
+    consumer.subscribe(&settings.topics)?;
+    tracing::info!(group = %settings.group_id, topics = ?settings.topics, "consuming");
+    let worker = Arc::new(Worker { settings, db, producer, relay, handler, consumer: consumer.clone() });
+
+    let mut partitions: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            received = consumer.recv() => received.map(|m| m.detach()),
+        };
+        let record = match received {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::warn!(%error, "consumer error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let key = (record.topic().to_owned(), record.partition());
+        let queue = partitions.entry(key).or_insert_with(|| {
+            let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);
+            tasks.spawn(partition_worker(worker.clone(), receiver, shutdown.clone()));
+            sender
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            sent = queue.send(record) => if sent.is_err() {
+                tracing::error!("partition worker stopped unexpectedly");
+            },
+        }
+    }
+    drop(partitions);
+    while tasks.join_next().await.is_some() {}
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!(group = %worker.settings.group_id, "offsets committed at shutdown"),
+        Err(error) => tracing::debug!(%error, "final commit (nothing stored is fine)"),
+    }
+    Ok(())
+}
+
+async fn partition_worker<H: Handler>(
+    worker: Arc<Worker<H>>,
+    mut queue: mpsc::Receiver<OwnedMessage>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let record = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            record = queue.recv() => match record { Some(r) => r, None => return },
+        };
+        // Interrupted by shutdown: the offset is not stored, so the record is
+        // delivered again after the restart.
+        let Some(()) = worker.process(&record, &shutdown).await else { return };
+        if let Err(error) = worker.consumer.store_offset(record.topic(), record.partition(), record.offset()) {
+            // The partition was revoked meanwhile; its new owner gets the record
+            // again and the inbox makes that harmless.
+            tracing::debug!(%error, topic = record.topic(), "storing offset");
+        }
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    /// Applies or dead-letters one record. `None` means shutdown interrupted it.
+    async fn process(&self, record: &OwnedMessage, shutdown: &CancellationToken) -> Option<()> {
+        let envelope = match Envelope::from_json(rdkafka::Message::payload(record).unwrap_or_default()) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                let failure = Failure { class: ErrorClass::Permanent, message: error.to_string(), attempts: 1, first_failure_ms: now_ms() };
+                return self.dead_letter(record, failure, shutdown).await;
+            }
+        };
+        if !self.handler.wants(&envelope.message) {
+            return Some(());
+        }
+        let headers = HeaderList::from_kafka(rdkafka::Message::headers(record));
+        let trace_id = headers.trace_id();
+        let attempts = AtomicUsize::new(0);
+        let first_failure = AtomicI64::new(0);
+        let apply = || async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let result = self.apply(&envelope, trace_id).await;
+            if result.is_err() {
+                let _ = first_failure.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+            }
+            result
+        };
+        let retried = apply
+            .retry(self.settings.retry.backoff())
+            .when(HandlerError::is_transient)
+            .notify(|error, delay| {
+                tracing::warn!(event_id = %envelope.event_id, event_type = envelope.event_type(), %error, ?delay, "retrying");
+            });
+        let result = tokio::select! {
+            result = retried => result,
+            _ = shutdown.cancelled() => return None,
+        };
+        match result {
+            Ok(()) => Some(()),
+            Err(error) => {
+                let failure = Failure {
+                    class: error.class,
+                    message: error.message,
+                    attempts: attempts.load(Ordering::Relaxed),
+                    first_failure_ms: first_failure.load(Ordering::Relaxed),
+                };
+                self.dead_letter(record, failure, shutdown).await
+            }
+        }
+    }
+
+    async fn apply(&self, envelope: &Envelope, trace_id: Option<&str>) -> Result<(), HandlerError> {
+        let mut tx = Tx::begin(&self.db, self.settings.service).await?.caused_by(envelope, trace_id);
+        // The inbox row goes first: on SQLite it takes the write lock up front, so
+        // the transaction never has to upgrade from a read lock and fail busy.
+        let fresh = sqlx::query(
+            "INSERT INTO inbox (event_id, event_type, processed_at) VALUES ($1, $2, $3)
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(envelope.event_id.to_string())
+        .bind(envelope.event_type())
+        .bind(now_ms())
+        .execute(tx.conn())
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tracing::debug!(event_id = %envelope.event_id, "duplicate delivery ignored");
+            return Ok(());
+        }
+        self.handler.handle(envelope, &mut tx).await?;
+        tx.commit(&self.relay).await?;
+        Ok(())
+    }
+
+    /// Publishes the record unchanged to the dead-letter topic, with the reason in
+    /// headers, and waits for the broker's acknowledgement; the caller then stores
+    /// the offset. Keeps trying while the broker is away: losing the record is not
+    /// an option, and shutdown leaves it to be redelivered.
+    async fn dead_letter(&self, record: &OwnedMessage, failure: Failure, shutdown: &CancellationToken) -> Option<()> {
+        let topic = events::topics::dead_letter(&self.settings.group_id);
+        let mut headers = HeaderList::from_kafka(rdkafka::Message::headers(record));
+        dead_letter::annotate(&mut headers, record, &self.settings.group_id, &failure);
+        tracing::error!(
+            topic = record.topic(), partition = record.partition(), offset = record.offset(),
+            class = %failure.class, error = %failure.message, attempts = failure.attempts,
+            dead_letter_topic = %topic, "dead-lettering record"
+        );
+        let kafka_headers = headers.to_kafka();
+        loop {
+            let mut out = FutureRecord::<[u8], [u8]>::to(&topic).headers(kafka_headers.clone());
+            if let Some(key) = rdkafka::Message::key(record) {
+                out = out.key(key);
+            }
+            if let Some(payload) = rdkafka::Message::payload(record) {
+                out = out.payload(payload);
+            }
+            let sent = tokio::select! {
+                sent = self.producer.send(out, Timeout::After(Duration::from_secs(30))) => sent,
+                _ = shutdown.cancelled() => return None,
+            };
+            match sent {
+                Ok(_) => return Some(()),
+                Err((error, _)) => {
+                    tracing::warn!(%error, "dead letter not acknowledged; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a record is being dead-lettered.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub class: ErrorClass,
+    pub message: String,
+    pub attempts: usize,
+    pub first_failure_ms: i64,
+}

@@ -1,0 +1,94 @@
+//! The database: one pool per service through sqlx's Any driver, so the same SQL
+//! text runs on SQLite (embedded default) and PostgreSQL (staging, replicas).
+//! Portable SQL only: `$N` placeholders, TEXT ids, BIGINT money and milliseconds.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+use crate::Error;
+
+/// The shared tables: inbox (processed event ids) and outbox (events to publish).
+static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    sqlite: bool,
+}
+
+impl Db {
+    /// Connects, creating the SQLite file (and its directory) if needed.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, Error> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let url = if sqlite { prepare_sqlite_url(url)? } else { url.to_owned() };
+        let options: AnyConnectOptions = url.parse()?;
+        let options = options.log_statements(tracing::log::LevelFilter::Trace);
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL lets readers run beside the single writer; NORMAL is
+                        // durable across process crashes, which is what we promise.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Db { pool, sqlite })
+    }
+
+    /// Applies the platform's tables, then the service's own migrations. The two
+    /// sets share sqlx's bookkeeping table, so each ignores the other's versions.
+    pub async fn migrate(&self, service: &Migrator) -> Result<(), Error> {
+        for source in [&PLATFORM_MIGRATIONS, service] {
+            let mut migrator = Migrator { migrations: source.migrations.clone(), ..Migrator::DEFAULT };
+            migrator.set_ignore_missing(true);
+            migrator.run(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.sqlite
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn prepare_sqlite_url(url: &str) -> Result<String, Error> {
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Err(Error::Config(format!(
+            "`{url}`: a service database must be a file, since the inbox and outbox must survive restarts"
+        )));
+    }
+    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Config(format!("cannot create database directory {}: {e}", dir.display())))?;
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Ok(if url.contains("mode=") { url.to_owned() } else { format!("{url}{separator}mode=rwc") })
+}
+
+/// Milliseconds since the Unix epoch, the time format of every table.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}

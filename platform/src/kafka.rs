@@ -1,0 +1,144 @@
+//! Kafka clients with the settings every service needs: an idempotent producer,
+//! consumers that store offsets by hand, topic creation, and the header layout
+//! every record carries.
+
+use std::time::Duration;
+
+use events::Envelope;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Header names mirrored from the envelope, so tools can route and filter
+/// without parsing the value.
+pub mod header {
+    pub const EVENT_TYPE: &str = "event_type";
+    pub const SCHEMA_VERSION: &str = "schema_version";
+    pub const CORRELATION_ID: &str = "correlation_id";
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+/// Settings shared by every client. `enable.metrics.push` must be off: Tansu does
+/// not implement KIP-714 telemetry and librdkafka would log errors forever.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("enable.metrics.push", "false")
+        .set("socket.keepalive.enable", "true")
+        .set("reconnect.backoff.max.ms", "2000");
+    config
+}
+
+/// An idempotent producer: retries cannot duplicate or reorder records within a
+/// partition, which the outbox relay relies on.
+pub fn producer(brokers: &str) -> Result<FutureProducer, Error> {
+    Ok(client_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
+/// A consumer in `group_id` that never stores offsets on its own: the consumer
+/// loop stores each offset after the record's effects are durable, and the
+/// background auto-commit sends only stored offsets.
+pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+    let mut config = client_config(brokers);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("fetch.wait.max.ms", "50");
+    config
+}
+
+/// Creates the topics that do not exist yet. Safe to run from every service at
+/// start-up, concurrently.
+pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32, replication: i32) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(Error::Other(format!("creating topic {topic}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Headers as stored in the outbox and copied into dead letters: ordered pairs,
+/// values as text (every header we write is text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderList(pub Vec<(String, String)>);
+
+impl HeaderList {
+    /// The headers that mirror an envelope, continuing the trace of its cause.
+    pub fn for_envelope(envelope: &Envelope, trace_id: Option<&str>) -> Self {
+        let trace_id = trace_id.map(str::to_owned).unwrap_or_else(new_trace_id);
+        HeaderList(vec![
+            (header::EVENT_TYPE.into(), envelope.event_type().into()),
+            (header::SCHEMA_VERSION.into(), envelope.schema_version.to_string()),
+            (header::CORRELATION_ID.into(), envelope.correlation_id.clone()),
+            (header::TRACEPARENT.into(), format!("00-{trace_id}-{}-01", new_span_id())),
+        ])
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    pub fn to_kafka(&self) -> OwnedHeaders {
+        self.0.iter().fold(OwnedHeaders::new_with_capacity(self.0.len()), |headers, (key, value)| {
+            headers.insert(Header { key, value: Some(value.as_bytes()) })
+        })
+    }
+
+    /// Copies Kafka headers; a value that is not UTF-8 is kept lossily, which only
+    /// affects foreign headers we never interpret.
+    pub fn from_kafka(headers: Option<&impl Headers>) -> Self {
+        let Some(headers) = headers else { return HeaderList::default() };
+        HeaderList(
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                .collect(),
+        )
+    }
+
+    /// The trace id of a W3C traceparent header, if present and well formed.
+    pub fn trace_id(&self) -> Option<&str> {
+        let parent = self.get(header::TRACEPARENT)?;
+        let mut parts = parent.split('-');
+        let (_version, trace) = (parts.next()?, parts.next()?);
+        (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace)
+    }
+}
+
+fn new_trace_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn new_span_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
+}

@@ -1,0 +1,223 @@
+//! The transactional outbox. A [`Tx`] is a database transaction that can also
+//! emit events: they are written to the `outbox` table in the same transaction as
+//! the state change, so there is no state change without its event and no event
+//! without its state change. The [`relay`] publishes committed rows with the
+//! idempotent producer and marks them sent once the broker acknowledged them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use events::{Envelope, Message};
+use futures::future::join_all;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use sqlx::{Any, AnyConnection, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{now_ms, Db};
+use crate::kafka::HeaderList;
+
+/// Rows published per relay round.
+const BATCH: i64 = 500;
+
+/// A unit of work: one database transaction plus the events it emits.
+pub struct Tx {
+    tx: sqlx::Transaction<'static, Any>,
+    producer: &'static str,
+    cause: Option<(Envelope, Option<String>)>,
+    pending: Vec<(Envelope, HeaderList)>,
+}
+
+impl Tx {
+    pub async fn begin(db: &Db, producer: &'static str) -> Result<Tx, sqlx::Error> {
+        Ok(Tx { tx: db.pool().begin().await?, producer, cause: None, pending: Vec::new() })
+    }
+
+    /// Events emitted from now on continue the saga of `cause`: same correlation
+    /// id, causation id = its event id, same trace.
+    pub(crate) fn caused_by(mut self, cause: &Envelope, trace_id: Option<&str>) -> Tx {
+        self.cause = Some((cause.clone(), trace_id.map(str::to_owned)));
+        self
+    }
+
+    /// The connection, for the handler's own statements.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    /// Emits an event: it is published if and only if this transaction commits.
+    pub fn emit(&mut self, message: impl Into<Message>) {
+        let (envelope, trace) = match &self.cause {
+            Some((cause, trace)) => (Envelope::caused_by(cause, message, self.producer), trace.as_deref()),
+            None => (Envelope::new(message, self.producer), None),
+        };
+        let headers = HeaderList::for_envelope(&envelope, trace);
+        self.pending.push((envelope, headers));
+    }
+
+    /// Emits an envelope built by the caller (e.g. one that continues a saga from
+    /// a stored correlation id).
+    pub fn emit_envelope(&mut self, envelope: Envelope) {
+        let trace = self.cause.as_ref().and_then(|(_, t)| t.clone());
+        let headers = HeaderList::for_envelope(&envelope, trace.as_deref());
+        self.pending.push((envelope, headers));
+    }
+
+    pub fn producer(&self) -> &'static str {
+        self.producer
+    }
+
+    /// Writes the outbox rows, commits, and wakes the relay.
+    pub async fn commit(mut self, relay: &Notify) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        for (envelope, headers) in &self.pending {
+            let headers = serde_json::to_string(headers).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            let json = String::from_utf8(envelope.to_json()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            sqlx::query(
+                "INSERT INTO outbox (event_id, topic, message_key, event_type, envelope, headers, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(envelope.event_id.to_string())
+            .bind(envelope.topic())
+            .bind(envelope.key().to_owned())
+            .bind(envelope.event_type())
+            .bind(json)
+            .bind(headers)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let emitted = !self.pending.is_empty();
+        self.tx.commit().await?;
+        if emitted {
+            relay.notify_one();
+        }
+        Ok(())
+    }
+}
+
+struct OutboxRow {
+    event_id: String,
+    topic: String,
+    key: String,
+    envelope: String,
+    headers: HeaderList,
+}
+
+/// Unsent rows, oldest first.
+async fn unsent(db: &Db) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT event_id, topic, message_key, envelope, headers FROM outbox
+         WHERE sent_at IS NULL ORDER BY event_id LIMIT $1",
+    )
+    .bind(BATCH)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let headers: String = row.try_get("headers")?;
+            Ok(OutboxRow {
+                event_id: row.try_get("event_id")?,
+                topic: row.try_get("topic")?,
+                key: row.try_get("message_key")?,
+                envelope: row.try_get("envelope")?,
+                headers: serde_json::from_str(&headers).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            })
+        })
+        .collect()
+}
+
+async fn mark_sent(db: &Db, ids: &[String]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (2..ids.len() + 2).map(|i| format!("${i}")).collect();
+    let sql = format!("UPDATE outbox SET sent_at = $1 WHERE event_id IN ({})", placeholders.join(", "));
+    let mut query = sqlx::query(&sql).bind(now_ms());
+    for id in ids {
+        query = query.bind(id.as_str());
+    }
+    query.execute(db.pool()).await?;
+    Ok(())
+}
+
+/// Number of rows not yet published.
+pub async fn backlog(db: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await
+}
+
+/// Publishes one batch; returns how many rows were sent.
+async fn publish_batch(db: &Db, producer: &FutureProducer) -> Result<usize, String> {
+    let rows = unsent(db).await.map_err(|e| format!("reading outbox: {e}"))?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // Enqueue in order and await together: the idempotent producer keeps
+    // per-partition order while the whole batch shares round trips.
+    let deliveries = rows.iter().map(|row| {
+        let record = FutureRecord::to(&row.topic)
+            .key(&row.key)
+            .payload(&row.envelope)
+            .headers(row.headers.to_kafka());
+        producer.send(record, Timeout::After(Duration::from_secs(30)))
+    });
+    let results = join_all(deliveries).await;
+    let mut sent = Vec::with_capacity(rows.len());
+    let mut failure = None;
+    for (row, result) in rows.iter().zip(results) {
+        match result {
+            Ok(_) => sent.push(row.event_id.clone()),
+            Err((error, _)) => {
+                failure.get_or_insert_with(|| format!("publishing {} to {}: {error}", row.event_id, row.topic));
+            }
+        }
+    }
+    mark_sent(db, &sent).await.map_err(|e| format!("marking outbox rows sent: {e}"))?;
+    match failure {
+        Some(failure) => Err(failure),
+        None => Ok(sent.len()),
+    }
+}
+
+/// The outbox relay: wakes when a transaction committed events, and also polls,
+/// since a row can be committed by another process (a replica, or this one before
+/// a crash). On shutdown it drains what is committed, then flushes the producer.
+pub async fn relay(db: Db, producer: FutureProducer, wake: Arc<Notify>, poll: Duration, shutdown: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        match publish_batch(&db, &producer).await {
+            Ok(n) if n as i64 == BATCH => continue,
+            Ok(_) => failures = 0,
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, failures, "outbox relay: will retry");
+                let pause = poll.saturating_mul(failures.min(10));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    // Final drain: whatever committed before shutdown goes out now, bounded so a
+    // dead broker cannot hold the process (the rows stay for the next start).
+    let drain = async {
+        while let Ok(n) = publish_batch(&db, &producer).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("outbox relay: could not drain before shutdown; rows stay queued");
+    }
+    if let Err(error) = producer.flush(Timeout::After(Duration::from_secs(5))) {
+        tracing::warn!(%error, "flushing producer at shutdown");
+    }
+}
