@@ -5,6 +5,7 @@
 //! only *what* happens: a [`Handler`] and their own tables.
 
 mod app;
+pub mod breaker;
 pub mod config;
 pub mod consumer;
 pub mod db;

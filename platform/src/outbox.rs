@@ -27,11 +27,12 @@ pub struct Tx {
     producer: &'static str,
     cause: Option<(Envelope, Option<String>)>,
     pending: Vec<(Envelope, HeaderList)>,
+    wake_after_commit: Vec<Arc<Notify>>,
 }
 
 impl Tx {
     pub async fn begin(db: &Db, producer: &'static str) -> Result<Tx, sqlx::Error> {
-        Ok(Tx { tx: db.pool().begin().await?, producer, cause: None, pending: Vec::new() })
+        Ok(Tx { tx: db.pool().begin().await?, producer, cause: None, pending: Vec::new(), wake_after_commit: Vec::new() })
     }
 
     /// Events emitted from now on continue the saga of `cause`: same correlation
@@ -64,6 +65,12 @@ impl Tx {
         self.pending.push((envelope, headers));
     }
 
+    /// Wakes `worker` once this transaction has committed (e.g. a job queue that
+    /// must not look for the new row before it is visible).
+    pub fn wake_after_commit(&mut self, worker: Arc<Notify>) {
+        self.wake_after_commit.push(worker);
+    }
+
     pub fn producer(&self) -> &'static str {
         self.producer
     }
@@ -92,6 +99,9 @@ impl Tx {
         self.tx.commit().await?;
         if emitted {
             relay.notify_one();
+        }
+        for worker in &self.wake_after_commit {
+            worker.notify_one();
         }
         Ok(())
     }

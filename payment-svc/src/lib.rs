@@ -1,0 +1,205 @@
+//! payment-svc: charges and refunds through the payment gateway.
+//!
+//! On StockReserved it queues a charge; on OrderCancellationRequested, a refund
+//! (both in the consumer's transaction, so a queued payment is never lost). The
+//! [`queue`] worker talks to the gateway through a timeout, a circuit breaker and
+//! a bulkhead, and emits PaymentAuthorized, PaymentDeclined, PaymentDeferred or
+//! PaymentRefunded. The crate also ships the gateway [`simulator`].
+
+pub mod gateway;
+pub mod queue;
+pub mod simulator;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use events::{topics, Envelope, Message, OrderCancellationRequested, StockReserved};
+use platform::breaker::{BreakerConfig, CircuitBreaker};
+use platform::db::now_ms;
+use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
+use tokio::sync::Notify;
+
+pub const SERVICE: &str = "payment-svc";
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!();
+
+fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "payment-svc", about = "Charges and refunds through the payment gateway")]
+pub struct Config {
+    #[command(flatten)]
+    pub platform: PlatformConfig,
+
+    /// Base URL of the payment gateway.
+    #[arg(long, env = "PAYMENT_GATEWAY_URL", default_value = "http://127.0.0.1:8090")]
+    pub gateway_url: String,
+
+    /// Timeout of one gateway call.
+    #[arg(long, env = "GATEWAY_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub gateway_timeout: Duration,
+
+    /// Bulkhead: most gateway calls in flight at once.
+    #[arg(long, env = "GATEWAY_MAX_CONCURRENT", default_value_t = 16)]
+    pub gateway_max_concurrent: usize,
+
+    /// A payment not through by this long after it was queued is declined and the
+    /// order compensated.
+    #[arg(long, env = "PAYMENT_DEADLINE", default_value = "5m", value_parser = duration)]
+    pub payment_deadline: Duration,
+
+    /// First retry delay of a deferred payment; doubles per attempt.
+    #[arg(long, env = "PAYMENT_RETRY_MIN", default_value = "500ms", value_parser = duration)]
+    pub payment_retry_min: Duration,
+
+    /// Longest retry delay of a deferred payment.
+    #[arg(long, env = "PAYMENT_RETRY_MAX", default_value = "10s", value_parser = duration)]
+    pub payment_retry_max: Duration,
+
+    /// Breaker: calls in the sliding window.
+    #[arg(long, env = "BREAKER_WINDOW", default_value_t = 20)]
+    pub breaker_window: usize,
+
+    /// Breaker: fewest calls in the window before it may open.
+    #[arg(long, env = "BREAKER_MIN_CALLS", default_value_t = 5)]
+    pub breaker_min_calls: usize,
+
+    /// Breaker: failure rate (0..1) that opens it.
+    #[arg(long, env = "BREAKER_FAILURE_RATE", default_value_t = 0.5)]
+    pub breaker_failure_rate: f64,
+
+    /// Breaker: slow-call rate (0..1) that opens it.
+    #[arg(long, env = "BREAKER_SLOW_CALL_RATE", default_value_t = 0.8)]
+    pub breaker_slow_call_rate: f64,
+
+    /// Breaker: a call at least this long counts as slow.
+    #[arg(long, env = "BREAKER_SLOW_CALL", default_value = "1s", value_parser = duration)]
+    pub breaker_slow_call: Duration,
+
+    /// Breaker: how long it stays open before probing.
+    #[arg(long, env = "BREAKER_OPEN_FOR", default_value = "2s", value_parser = duration)]
+    pub breaker_open_for: Duration,
+
+    /// Breaker: probe calls allowed while half-open.
+    #[arg(long, env = "BREAKER_HALF_OPEN_PROBES", default_value_t = 2)]
+    pub breaker_half_open_probes: usize,
+}
+
+impl Config {
+    /// Defaults, as with no flags and an empty environment, against `brokers` and
+    /// the gateway at `gateway_url`.
+    pub fn local(brokers: &str, gateway_url: &str) -> Config {
+        use clap::Parser;
+        let mut config = Config::parse_from(["payment-svc", "--brokers", brokers, "--gateway-url", gateway_url]);
+        config.platform = PlatformConfig::local(brokers);
+        config
+    }
+
+    fn breaker(&self) -> BreakerConfig {
+        BreakerConfig {
+            window: self.breaker_window,
+            min_calls: self.breaker_min_calls,
+            failure_rate: self.breaker_failure_rate,
+            slow_call_rate: self.breaker_slow_call_rate,
+            slow_call: self.breaker_slow_call,
+            open_for: self.breaker_open_for,
+            half_open_probes: self.breaker_half_open_probes,
+        }
+    }
+}
+
+pub async fn build(config: Config) -> Result<App, platform::Error> {
+    let app = App::build(SERVICE, config.platform.clone(), &MIGRATIONS).await?;
+    let breaker = Arc::new(CircuitBreaker::new(config.breaker()));
+    let gateway = Arc::new(gateway::Gateway::new(
+        &config.gateway_url,
+        config.gateway_timeout,
+        config.gateway_max_concurrent,
+        breaker,
+    ));
+    let wake = Arc::new(Notify::new());
+    let settings = queue::QueueSettings {
+        retry_min: config.payment_retry_min,
+        retry_max: config.payment_retry_max,
+        poll: Duration::from_millis(200),
+    };
+    let (db, relay, queue_wake) = (app.db().clone(), app.relay(), wake.clone());
+    let payments = Payments { wake, deadline: config.payment_deadline };
+    Ok(app
+        .consume(&[topics::INVENTORY_EVENTS, topics::ORDER_EVENTS], payments)
+        .spawn("payment queue", move |stop| queue::run(db, gateway, relay, queue_wake, settings, stop)))
+}
+
+struct Payments {
+    wake: Arc<Notify>,
+    deadline: Duration,
+}
+
+impl Handler for Payments {
+    fn wants(&self, message: &Message) -> bool {
+        matches!(message, Message::StockReserved(_) | Message::OrderCancellationRequested(_))
+    }
+
+    async fn handle(&self, event: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+        match &event.message {
+            Message::StockReserved(reserved) => self.queue_charge(event, reserved, tx).await,
+            Message::OrderCancellationRequested(cancel) => self.queue_refund(cancel, tx).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Payments {
+    async fn queue_charge(&self, event: &Envelope, reserved: &StockReserved, tx: &mut Tx) -> Result<(), HandlerError> {
+        let now = now_ms();
+        let deadline = now + i64::try_from(self.deadline.as_millis()).unwrap_or(i64::MAX / 2);
+        sqlx::query(
+            "INSERT INTO payments (order_id, status, amount_minor, payment_token, attempts, next_attempt_at,
+                                   deadline_at, cause_event_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $5, $5)
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(&reserved.order_id)
+        .bind(queue::PENDING)
+        .bind(reserved.total_minor)
+        .bind(&reserved.payment_token)
+        .bind(now)
+        .bind(deadline)
+        .bind(event.event_id.to_string())
+        .execute(tx.conn())
+        .await?;
+        tx.wake_after_commit(self.wake.clone());
+        Ok(())
+    }
+
+    async fn queue_refund(&self, cancel: &OrderCancellationRequested, tx: &mut Tx) -> Result<(), HandlerError> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
+            .bind(&cancel.order_id)
+            .fetch_optional(tx.conn())
+            .await?;
+        match status.as_deref() {
+            Some(queue::AUTHORIZED) => {
+                sqlx::query(
+                    "UPDATE payments SET status = $2, next_attempt_at = $3, updated_at = $3
+                     WHERE order_id = $1 AND status = $4",
+                )
+                .bind(&cancel.order_id)
+                .bind(queue::REFUND_PENDING)
+                .bind(now_ms())
+                .bind(queue::AUTHORIZED)
+                .execute(tx.conn())
+                .await?;
+                tx.wake_after_commit(self.wake.clone());
+                Ok(())
+            }
+            Some(queue::REFUND_PENDING | queue::REFUNDED) => Ok(()),
+            Some(other) => Err(HandlerError::permanent(format!(
+                "refund requested for order {} whose payment is {other}",
+                cancel.order_id
+            ))),
+            None => Err(HandlerError::permanent(format!("refund requested for unknown payment {}", cancel.order_id))),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! A payment gateway simulator, so the saga can be run and tested without a
+//! payment provider. It is a real HTTP server with the API [`crate::gateway`]
+//! speaks, idempotent by key, and it can be switched at run time:
+//!
+//! - `PUT /control` with `{"mode": "healthy" | "outage" | "slow", "latency_ms": N}`;
+//!   outage answers 503, slow sleeps `latency_ms` before answering.
+//! - `GET /ledger`: every charge and refund, with how many calls each key got.
+//!
+//! Declines: tokens starting with `tok_decline` ("card declined"), and amounts
+//! above `decline_over_minor` ("amount over limit").
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::{ChargeRequest, GatewayReply, RefundRequest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Healthy,
+    Outage,
+    Slow,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Control {
+    pub mode: Mode,
+    #[serde(default)]
+    pub latency_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub id: Option<String>,
+    pub amount_minor: i64,
+    pub approved: bool,
+    pub reason: Option<String>,
+    /// Calls received with this idempotency key (money moved at most once).
+    pub calls: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Ledger {
+    pub charges: BTreeMap<String, LedgerEntry>,
+    pub refunds: BTreeMap<String, LedgerEntry>,
+}
+
+struct Sim {
+    control: Control,
+    decline_over_minor: i64,
+    ledger: Ledger,
+    next_id: u64,
+}
+
+type Shared = Arc<Mutex<Sim>>;
+
+fn lock(sim: &Shared) -> std::sync::MutexGuard<'_, Sim> {
+    sim.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves the simulator on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, decline_over_minor: i64, shutdown: CancellationToken) -> std::io::Result<()> {
+    let sim: Shared = Arc::new(Mutex::new(Sim {
+        control: Control { mode: Mode::Healthy, latency_ms: 0 },
+        decline_over_minor,
+        ledger: Ledger::default(),
+        next_id: 1,
+    }));
+    let app = Router::new()
+        .route("/v1/charges", post(charge))
+        .route("/v1/refunds", post(refund))
+        .route("/control", put(set_control).get(get_control))
+        .route("/ledger", get(ledger))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(sim);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// Applies the current mode; `Err` is the outage answer.
+async fn behave(sim: &Shared) -> Result<(), (StatusCode, Json<GatewayReply>)> {
+    let control = lock(sim).control.clone();
+    match control.mode {
+        Mode::Healthy => Ok(()),
+        Mode::Slow => {
+            tokio::time::sleep(Duration::from_millis(control.latency_ms)).await;
+            Ok(())
+        }
+        Mode::Outage => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(GatewayReply { status: "error".into(), id: None, reason: Some("simulated outage".into()) }),
+        )),
+    }
+}
+
+fn reply(entry: &LedgerEntry) -> (StatusCode, Json<GatewayReply>) {
+    if entry.approved {
+        (StatusCode::OK, Json(GatewayReply { status: "approved".into(), id: entry.id.clone(), reason: None }))
+    } else {
+        (
+            StatusCode::PAYMENT_REQUIRED,
+            Json(GatewayReply { status: "declined".into(), id: None, reason: entry.reason.clone() }),
+        )
+    }
+}
+
+async fn charge(State(sim): State<Shared>, Json(request): Json<ChargeRequest>) -> (StatusCode, Json<GatewayReply>) {
+    if let Err(outage) = behave(&sim).await {
+        return outage;
+    }
+    let mut sim = lock(&sim);
+    let sim = &mut *sim;
+    if let Some(entry) = sim.ledger.charges.get_mut(&request.idempotency_key) {
+        entry.calls += 1;
+        return reply(entry);
+    }
+    let decline = if request.payment_token.starts_with("tok_decline") {
+        Some("card declined".to_owned())
+    } else if request.amount_minor > sim.decline_over_minor {
+        Some(format!("amount over limit of {}", sim.decline_over_minor))
+    } else {
+        None
+    };
+    let id = decline.is_none().then(|| {
+        sim.next_id += 1;
+        format!("ch_{:06}", sim.next_id)
+    });
+    let entry =
+        LedgerEntry { id, amount_minor: request.amount_minor, approved: decline.is_none(), reason: decline, calls: 1 };
+    let answer = reply(&entry);
+    sim.ledger.charges.insert(request.idempotency_key, entry);
+    answer
+}
+
+async fn refund(State(sim): State<Shared>, Json(request): Json<RefundRequest>) -> (StatusCode, Json<GatewayReply>) {
+    if let Err(outage) = behave(&sim).await {
+        return outage;
+    }
+    let mut sim = lock(&sim);
+    let sim = &mut *sim;
+    if let Some(entry) = sim.ledger.refunds.get_mut(&request.idempotency_key) {
+        entry.calls += 1;
+        return reply(entry);
+    }
+    let charged = sim.ledger.charges.values().any(|c| c.approved && c.id.as_deref() == Some(&request.charge_id));
+    let reason = (!charged).then(|| format!("no charge {}", request.charge_id));
+    let id = charged.then(|| {
+        sim.next_id += 1;
+        format!("re_{:06}", sim.next_id)
+    });
+    let entry = LedgerEntry { id, amount_minor: request.amount_minor, approved: charged, reason, calls: 1 };
+    let answer = reply(&entry);
+    sim.ledger.refunds.insert(request.idempotency_key, entry);
+    answer
+}
+
+async fn set_control(State(sim): State<Shared>, Json(control): Json<Control>) -> Json<Control> {
+    tracing::info!(?control, "gateway simulator mode");
+    lock(&sim).control = control.clone();
+    Json(control)
+}
+
+async fn get_control(State(sim): State<Shared>) -> Json<Control> {
+    Json(lock(&sim).control.clone())
+}
+
+async fn ledger(State(sim): State<Shared>) -> Json<Ledger> {
+    Json(lock(&sim).ledger.clone())
+}
