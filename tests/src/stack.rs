@@ -1,0 +1,272 @@
+//! The whole system in one test process: broker, gateway simulator, and the six
+//! services, each with its own database and its own shutdown token so a test can
+//! stop and restart one of them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use events::{CreateProduct, Envelope, Message, OrderLine, PlaceOrder, RegisterUser};
+use payment_svc::simulator::{Ledger, Mode};
+use platform::kafka::HeaderList;
+use platform::{Db, PlatformConfig};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use sqlx::Row;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{eventually, expect_eq, Backend, Broker, Databases};
+
+pub const SERVICES: [&str; 6] =
+    ["user-svc", "product-svc", "order-svc", "inventory-svc", "payment-svc", "notification-svc"];
+
+type Running = (CancellationToken, JoinHandle<Result<(), platform::Error>>);
+
+pub struct Stack {
+    pub broker: Broker,
+    pub dbs: Databases,
+    pub gateway_url: String,
+    gateway_stop: CancellationToken,
+    running: HashMap<&'static str, Running>,
+    producer: FutureProducer,
+    pools: HashMap<&'static str, Db>,
+    http: reqwest::Client,
+    /// Tweaks applied to payment-svc's configuration (e.g. a short deadline).
+    pub payment_config: fn(&mut payment_svc::Config),
+}
+
+impl Stack {
+    /// Broker (memory engine), gateway simulator and all six services.
+    pub async fn start(backend: Backend) -> Stack {
+        Stack::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(backend: Backend, payment_config: fn(&mut payment_svc::Config)) -> Stack {
+        platform::telemetry::init();
+        let broker = Broker::memory().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        let gateway_url = format!("http://{}", listener.local_addr().expect("gateway address"));
+        let gateway_stop = CancellationToken::new();
+        tokio::spawn(payment_svc::simulator::serve(listener, 1_000_000, gateway_stop.clone()));
+        let producer = platform::kafka::producer(&broker.addr).expect("producer");
+        let mut stack = Stack {
+            broker,
+            dbs: Databases::new(backend),
+            gateway_url,
+            gateway_stop,
+            running: HashMap::new(),
+            producer,
+            pools: HashMap::new(),
+            http: reqwest::Client::new(),
+            payment_config,
+        };
+        for service in SERVICES {
+            stack.start_service(service).await;
+        }
+        stack
+    }
+
+    fn platform_config(&self, database_url: String) -> PlatformConfig {
+        let mut config = PlatformConfig::local(&self.broker.addr);
+        config.database_url = Some(database_url);
+        config.outbox_poll_interval = Duration::from_millis(200);
+        config.retry_max_elapsed = Duration::from_secs(20);
+        config
+    }
+
+    /// Builds and runs `service` in this process.
+    pub async fn start_service(&mut self, service: &'static str) {
+        let platform = self.platform_config(self.dbs.url_for(service).await);
+        let app = match service {
+            "user-svc" => user_svc::build(user_svc::Config { platform }).await,
+            "product-svc" => product_svc::build(product_svc::Config { platform }).await,
+            "order-svc" => order_svc::build(order_svc::Config { platform }).await,
+            "inventory-svc" => inventory_svc::build(inventory_svc::Config { platform }).await,
+            "notification-svc" => notification_svc::build(notification_svc::Config { platform }).await,
+            "payment-svc" => {
+                let mut config = payment_svc::Config::local(&self.broker.addr, &self.gateway_url);
+                config.platform = platform;
+                (self.payment_config)(&mut config);
+                payment_svc::build(config).await
+            }
+            other => panic!("unknown service {other}"),
+        };
+        let app = app.unwrap_or_else(|e| panic!("building {service}: {e}"));
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+        self.running.insert(service, (stop, handle));
+    }
+
+    /// Graceful stop of one service; panics if it ended with an error.
+    pub async fn stop_service(&mut self, service: &'static str) {
+        if let Some((stop, handle)) = self.running.remove(service) {
+            stop.cancel();
+            match handle.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => panic!("{service} failed: {error}"),
+                Err(error) => panic!("{service} panicked: {error}"),
+            }
+        }
+    }
+
+    /// Publishes a message as the CLI would: validated, right topic, right key.
+    pub async fn publish(&self, message: impl Into<Message>) -> Envelope {
+        let envelope = Envelope::new(message, "saga-tests");
+        envelope.message.validate().expect("test messages are valid");
+        self.publish_raw(envelope.topic(), envelope.key(), &envelope.to_json(), HeaderList::for_envelope(&envelope, None))
+            .await;
+        envelope
+    }
+
+    /// Publishes arbitrary bytes (poison messages, hand-made envelopes).
+    pub async fn publish_raw(&self, topic: &str, key: &str, value: &[u8], headers: HeaderList) {
+        let record = FutureRecord::to(topic).key(key).payload(value).headers(headers.to_kafka());
+        self.producer.send(record, Timeout::After(Duration::from_secs(30))).await.expect("publish");
+    }
+
+    /// A pool on `service`'s own database, for assertions.
+    pub async fn db(&mut self, service: &'static str) -> Db {
+        if let Some(db) = self.pools.get(service) {
+            return db.clone();
+        }
+        let db = Db::connect(&self.dbs.url_for(service).await, 2).await.expect("connect for assertions");
+        self.pools.insert(service, db.clone());
+        db
+    }
+
+    pub async fn scalar_i64(&mut self, service: &'static str, sql: &str, arg: &str) -> Option<i64> {
+        let db = self.db(service).await;
+        sqlx::query_scalar(sql).bind(arg).fetch_optional(db.pool()).await.expect("query")
+    }
+
+    pub async fn scalar_text(&mut self, service: &'static str, sql: &str, arg: &str) -> Option<String> {
+        let db = self.db(service).await;
+        sqlx::query_scalar::<_, Option<String>>(sql).bind(arg).fetch_optional(db.pool()).await.expect("query").flatten()
+    }
+
+    pub async fn order_status(&mut self, order_id: &str) -> Option<String> {
+        self.scalar_text("order-svc", "SELECT status FROM orders WHERE order_id = $1", order_id).await
+    }
+
+    /// (available, reserved, sold, received) of a SKU in inventory-svc.
+    pub async fn stock(&mut self, sku: &str) -> Option<(i64, i64, i64, i64)> {
+        let db = self.db("inventory-svc").await;
+        let row = sqlx::query("SELECT available, reserved, sold, received FROM stock WHERE sku = $1")
+            .bind(sku)
+            .fetch_optional(db.pool())
+            .await
+            .expect("query stock")?;
+        Some((
+            row.try_get(0).expect("available"),
+            row.try_get(1).expect("reserved"),
+            row.try_get(2).expect("sold"),
+            row.try_get(3).expect("received"),
+        ))
+    }
+
+    pub async fn ledger(&self) -> Ledger {
+        let url = format!("{}/ledger", self.gateway_url);
+        self.http.get(url).send().await.expect("ledger").json().await.expect("ledger json")
+    }
+
+    pub async fn set_gateway(&self, mode: Mode, latency_ms: u64) {
+        let url = format!("{}/control", self.gateway_url);
+        let control = payment_svc::simulator::Control { mode, latency_ms };
+        self.http.put(url).json(&control).send().await.expect("gateway control").error_for_status().expect("mode");
+    }
+
+    /// Registers a user and waits until order-svc and notification-svc know them.
+    pub async fn register_user(&mut self, user_id: &str) {
+        self.publish(RegisterUser {
+            user_id: user_id.into(),
+            email: format!("{user_id}@example.com"),
+            name: format!("User {user_id}"),
+        })
+        .await;
+        for service in ["order-svc", "notification-svc"] {
+            let table = if service == "order-svc" { "users" } else { "contacts" };
+            let sql = format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1");
+            let db = self.db(service).await;
+            eventually(&format!("{service} knows user {user_id}"), Duration::from_secs(30), || {
+                let (db, sql) = (db.clone(), sql.clone());
+                async move {
+                    let n: i64 = sqlx::query_scalar(&sql).bind(user_id).fetch_one(db.pool()).await.map_err(|e| e.to_string())?;
+                    expect_eq("users", n, 1)
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Creates a product and waits until order-svc prices it and inventory stocks it.
+    pub async fn create_product(&mut self, sku: &str, price_minor: i64, initial_stock: i64) {
+        self.publish(CreateProduct { sku: sku.into(), name: format!("Product {sku}"), price_minor, initial_stock })
+            .await;
+        for (service, table) in [("order-svc", "products"), ("inventory-svc", "stock")] {
+            let db = self.db(service).await;
+            let sql = format!("SELECT COUNT(*) FROM {table} WHERE sku = $1");
+            eventually(&format!("{service} knows {sku}"), Duration::from_secs(30), || {
+                let (db, sql) = (db.clone(), sql.clone());
+                async move {
+                    let n: i64 = sqlx::query_scalar(&sql).bind(sku).fetch_one(db.pool()).await.map_err(|e| e.to_string())?;
+                    expect_eq("products", n, 1)
+                }
+            })
+            .await;
+        }
+    }
+
+    pub async fn place_order(&self, order_id: &str, user_id: &str, lines: &[(&str, i64)], payment_token: &str) -> Envelope {
+        self.publish(PlaceOrder {
+            order_id: order_id.into(),
+            user_id: user_id.into(),
+            lines: lines.iter().map(|(sku, quantity)| OrderLine { sku: (*sku).into(), quantity: *quantity }).collect(),
+            payment_token: payment_token.into(),
+        })
+        .await
+    }
+
+    /// Waits until the order reaches `status` in order-svc's database.
+    pub async fn wait_order(&mut self, order_id: &str, status: &str, timeout: Duration) {
+        let db = self.db("order-svc").await;
+        eventually(&format!("order {order_id} is {status}"), timeout, || {
+            let db = db.clone();
+            async move {
+                let actual: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
+                    .bind(order_id)
+                    .fetch_optional(db.pool())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                expect_eq("status", actual.as_deref(), Some(status))
+            }
+        })
+        .await;
+    }
+
+    /// Waits until every service's outbox is fully published.
+    pub async fn wait_outboxes_drained(&mut self) {
+        for service in SERVICES {
+            let db = self.db(service).await;
+            eventually(&format!("{service} outbox drained"), Duration::from_secs(30), || {
+                let db = db.clone();
+                async move {
+                    let backlog = platform::outbox::backlog(&db).await.map_err(|e| e.to_string())?;
+                    expect_eq("unsent outbox rows", backlog, 0)
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Stops everything; panics if a service ended with an error.
+    pub async fn stop(mut self) {
+        for service in SERVICES {
+            self.stop_service(service).await;
+        }
+        self.gateway_stop.cancel();
+        for (_, db) in self.pools.drain() {
+            db.close().await;
+        }
+        self.dbs.drop_all().await;
+    }
+}
