@@ -86,12 +86,10 @@ macro_rules! catalogue {
 
             /// JSON Schema of every message payload, by event type.
             pub fn payload_schemas() -> Vec<(&'static MessageSpec, schemars::schema::RootSchema)> {
-                let mut out = Vec::new();
-                $( out.push((
+                vec![$((
                     spec(stringify!($name)).expect("declared in the catalogue"),
                     schemars::schema_for!($name),
-                )); )*
-                out
+                )),*]
             }
         }
     };
@@ -293,9 +291,7 @@ impl Envelope {
         let wire: WireEnvelope =
             serde_json::from_slice(bytes).map_err(|e| DecodeError::NotAnEnvelope(e.to_string()))?;
         let message = Message::decode(&wire.event_type, wire.schema_version, wire.payload)?;
-        message
-            .validate()
-            .map_err(|source| DecodeError::Invalid { event_type: wire.event_type.clone(), source })?;
+        message.validate().map_err(|source| DecodeError::Invalid { event_type: wire.event_type.clone(), source })?;
         Ok(Envelope {
             event_id: wire.event_id,
             schema_version: message.spec().schema_version,

@@ -1,6 +1,9 @@
 //! Stock levels and reservations.
 
-use events::{OrderLine, OrderPlaced, ShortLine, StockCommitted, StockReceived, StockReleased, StockReservationFailed, StockReserved};
+use events::{
+    OrderLine, OrderPlaced, ShortLine, StockCommitted, StockReceived, StockReleased, StockReservationFailed,
+    StockReserved,
+};
 use platform::db::now_ms;
 use platform::{HandlerError, Tx};
 use sqlx::Row;
@@ -35,10 +38,8 @@ pub async fn receive(sku: &str, quantity: i64, new_product: bool, tx: &mut Tx) -
         let what = if new_product { "ProductCreated for an existing SKU" } else { "restock of an unknown SKU" };
         return Err(HandlerError::permanent(format!("{what}: {sku}")));
     }
-    let available: i64 = sqlx::query_scalar("SELECT available FROM stock WHERE sku = $1")
-        .bind(sku)
-        .fetch_one(tx.conn())
-        .await?;
+    let available: i64 =
+        sqlx::query_scalar("SELECT available FROM stock WHERE sku = $1").bind(sku).fetch_one(tx.conn()).await?;
     tx.emit(StockReceived { sku: sku.to_owned(), quantity, available });
     Ok(())
 }
@@ -151,7 +152,12 @@ async fn reservation_status(order_id: &str, tx: &mut Tx) -> Result<Option<String
 
 /// Moves a reservation from one of `from` to `to`, returning its lines, or
 /// `None` when it is in another state (a repeated or late event: nothing to do).
-async fn transition(order_id: &str, from: &[&str], to: &str, tx: &mut Tx) -> Result<Option<Vec<OrderLine>>, HandlerError> {
+async fn transition(
+    order_id: &str,
+    from: &[&str],
+    to: &str,
+    tx: &mut Tx,
+) -> Result<Option<Vec<OrderLine>>, HandlerError> {
     let Some(status) = reservation_status(order_id, tx).await? else {
         return Err(HandlerError::permanent(format!("no reservation for order {order_id}")));
     };
@@ -159,14 +165,15 @@ async fn transition(order_id: &str, from: &[&str], to: &str, tx: &mut Tx) -> Res
         tracing::debug!(order_id, status, to, "reservation transition skipped");
         return Ok(None);
     }
-    let updated = sqlx::query("UPDATE reservations SET status = $3, updated_at = $4 WHERE order_id = $1 AND status = $2")
-        .bind(order_id)
-        .bind(&status)
-        .bind(to)
-        .bind(now_ms())
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
+    let updated =
+        sqlx::query("UPDATE reservations SET status = $3, updated_at = $4 WHERE order_id = $1 AND status = $2")
+            .bind(order_id)
+            .bind(&status)
+            .bind(to)
+            .bind(now_ms())
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
     if updated == 0 {
         return Err(HandlerError::transient(format!("reservation {order_id} changed concurrently")));
     }

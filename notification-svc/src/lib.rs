@@ -74,10 +74,11 @@ impl Handler for Notifications {
                 notify(&order.order_id, &order.user_id, "cancelled", text, tx).await
             }
             M::PaymentDeferred(deferred) => {
-                let user_id: Option<String> = sqlx::query_scalar("SELECT user_id FROM order_customers WHERE order_id = $1")
-                    .bind(&deferred.order_id)
-                    .fetch_optional(tx.conn())
-                    .await?;
+                let user_id: Option<String> =
+                    sqlx::query_scalar("SELECT user_id FROM order_customers WHERE order_id = $1")
+                        .bind(&deferred.order_id)
+                        .fetch_optional(tx.conn())
+                        .await?;
                 let Some(user_id) = user_id else {
                     return Err(HandlerError::transient(format!("order {} not yet seen", deferred.order_id)));
                 };
@@ -107,10 +108,8 @@ fn money(minor: i64) -> String {
 
 /// Records and sends one notification per (order, kind).
 async fn notify(order_id: &str, user_id: &str, kind: &str, text: String, tx: &mut Tx) -> Result<(), HandlerError> {
-    let contact = sqlx::query("SELECT email FROM contacts WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(tx.conn())
-        .await?;
+    let contact =
+        sqlx::query("SELECT email FROM contacts WHERE user_id = $1").bind(user_id).fetch_optional(tx.conn()).await?;
     let Some(contact) = contact else {
         // user.events is another topic; the registration is on its way.
         return Err(HandlerError::transient(format!("no contact for user {user_id} yet")));

@@ -1,8 +1,8 @@
 //! The order aggregate: placement, pricing and status transitions.
 
 use events::{
-    CancelOrder, OrderCancellationRequested, OrderCancelled, OrderConfirmed, OrderPlaced, OrderRejected,
-    PlaceOrder, PricedLine, StockReleased, StockReservationFailed, UserRegistered,
+    CancelOrder, OrderCancellationRequested, OrderCancelled, OrderConfirmed, OrderPlaced, OrderRejected, PlaceOrder,
+    PricedLine, StockReleased, StockReservationFailed, UserRegistered,
 };
 use platform::db::now_ms;
 use platform::{HandlerError, Tx};
@@ -130,11 +130,8 @@ pub async fn place_order(command: &PlaceOrder, tx: &mut Tx) -> Result<(), Handle
         problems.insert(0, format!("unknown user {}", command.user_id));
     }
     let total_minor: i64 = lines.iter().map(|l| l.unit_price_minor * l.quantity).sum();
-    let (status, reason) = if problems.is_empty() {
-        (Status::Pending, None)
-    } else {
-        (Status::Rejected, Some(problems.join("; ")))
-    };
+    let (status, reason) =
+        if problems.is_empty() { (Status::Pending, None) } else { (Status::Rejected, Some(problems.join("; "))) };
     let now = now_ms();
     sqlx::query(
         "INSERT INTO orders (order_id, user_id, status, total_minor, payment_token, reason,

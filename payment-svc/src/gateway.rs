@@ -41,12 +41,18 @@ pub struct GatewayReply {
 /// What a guarded call came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Approved { id: String },
+    Approved {
+        id: String,
+    },
     /// A business "no": final, not retried.
-    Declined { reason: String },
+    Declined {
+        reason: String,
+    },
     /// Not attempted (breaker open) or no usable answer (timeout, refused, 5xx):
     /// the payment stays queued and is tried again later.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 pub struct Gateway {

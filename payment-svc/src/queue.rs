@@ -118,7 +118,8 @@ pub async fn run(
                             lock(&in_flight).remove(&job.order_id);
                             break;
                         };
-                        let (db, gateway, relay, in_flight) = (db.clone(), gateway.clone(), relay.clone(), in_flight.clone());
+                        let (db, gateway, relay, in_flight) =
+                            (db.clone(), gateway.clone(), relay.clone(), in_flight.clone());
                         calls.spawn(async move {
                             attempt(&db, &gateway, &relay, &job, settings).await;
                             lock(&in_flight).remove(&job.order_id);
@@ -197,7 +198,11 @@ async fn record(
     let (status, message): (&str, Option<Message>) = match (outcome, job.is_refund()) {
         (Outcome::Approved { id }, false) => {
             set_field(&mut tx, job, "charge_id", id).await?;
-            let paid = PaymentAuthorized { order_id: job.order_id.clone(), charge_id: id.clone(), amount_minor: job.amount_minor };
+            let paid = PaymentAuthorized {
+                order_id: job.order_id.clone(),
+                charge_id: id.clone(),
+                amount_minor: job.amount_minor,
+            };
             (AUTHORIZED, Some(paid.into()))
         }
         (Outcome::Approved { id }, true) => {

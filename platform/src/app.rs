@@ -75,7 +75,8 @@ impl App {
                 max_elapsed: config.retry_max_elapsed,
             },
         };
-        let (db, producer, relay, handler) = (self.db.clone(), self.producer.clone(), self.relay.clone(), Arc::new(handler));
+        let (db, producer, relay, handler) =
+            (self.db.clone(), self.producer.clone(), self.relay.clone(), Arc::new(handler));
         self.tasks.push((
             "consumer",
             Box::new(move |stop| Box::pin(consumer::run(settings, db, producer, relay, handler, stop))),

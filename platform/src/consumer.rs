@@ -169,7 +169,12 @@ impl<H: Handler> Worker<H> {
         let envelope = match Envelope::from_json(rdkafka::Message::payload(record).unwrap_or_default()) {
             Ok(envelope) => envelope,
             Err(error) => {
-                let failure = Failure { class: ErrorClass::Permanent, message: error.to_string(), attempts: 1, first_failure_ms: now_ms() };
+                let failure = Failure {
+                    class: ErrorClass::Permanent,
+                    message: error.to_string(),
+                    attempts: 1,
+                    first_failure_ms: now_ms(),
+                };
                 return self.dead_letter(record, failure, shutdown).await;
             }
         };

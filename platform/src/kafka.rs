@@ -69,10 +69,8 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
 /// start-up, concurrently.
 pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32, replication: i32) -> Result<(), Error> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication)))
-        .collect();
+    let new_topics: Vec<NewTopic<'_>> =
+        topics.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication))).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {

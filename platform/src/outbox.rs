@@ -32,7 +32,13 @@ pub struct Tx {
 
 impl Tx {
     pub async fn begin(db: &Db, producer: &'static str) -> Result<Tx, sqlx::Error> {
-        Ok(Tx { tx: db.pool().begin().await?, producer, cause: None, pending: Vec::new(), wake_after_commit: Vec::new() })
+        Ok(Tx {
+            tx: db.pool().begin().await?,
+            producer,
+            cause: None,
+            pending: Vec::new(),
+            wake_after_commit: Vec::new(),
+        })
     }
 
     /// Events emitted from now on continue the saga of `cause`: same correlation
@@ -166,10 +172,7 @@ async fn publish_batch(db: &Db, producer: &FutureProducer) -> Result<usize, Stri
     // Enqueue in order and await together: the idempotent producer keeps
     // per-partition order while the whole batch shares round trips.
     let deliveries = rows.iter().map(|row| {
-        let record = FutureRecord::to(&row.topic)
-            .key(&row.key)
-            .payload(&row.envelope)
-            .headers(row.headers.to_kafka());
+        let record = FutureRecord::to(&row.topic).key(&row.key).payload(&row.envelope).headers(row.headers.to_kafka());
         producer.send(record, Timeout::After(Duration::from_secs(30)))
     });
     let results = join_all(deliveries).await;

@@ -71,6 +71,7 @@ impl Stack {
         config.database_url = Some(database_url);
         config.outbox_poll_interval = Duration::from_millis(200);
         config.retry_max_elapsed = Duration::from_secs(20);
+        config.database_max_connections = 4;
         config
     }
 
@@ -113,8 +114,13 @@ impl Stack {
     pub async fn publish(&self, message: impl Into<Message>) -> Envelope {
         let envelope = Envelope::new(message, "saga-tests");
         envelope.message.validate().expect("test messages are valid");
-        self.publish_raw(envelope.topic(), envelope.key(), &envelope.to_json(), HeaderList::for_envelope(&envelope, None))
-            .await;
+        self.publish_raw(
+            envelope.topic(),
+            envelope.key(),
+            &envelope.to_json(),
+            HeaderList::for_envelope(&envelope, None),
+        )
+        .await;
         envelope
     }
 
@@ -190,7 +196,8 @@ impl Stack {
             eventually(&format!("{service} knows user {user_id}"), Duration::from_secs(30), || {
                 let (db, sql) = (db.clone(), sql.clone());
                 async move {
-                    let n: i64 = sqlx::query_scalar(&sql).bind(user_id).fetch_one(db.pool()).await.map_err(|e| e.to_string())?;
+                    let n: i64 =
+                        sqlx::query_scalar(&sql).bind(user_id).fetch_one(db.pool()).await.map_err(|e| e.to_string())?;
                     expect_eq("users", n, 1)
                 }
             })
@@ -208,7 +215,8 @@ impl Stack {
             eventually(&format!("{service} knows {sku}"), Duration::from_secs(30), || {
                 let (db, sql) = (db.clone(), sql.clone());
                 async move {
-                    let n: i64 = sqlx::query_scalar(&sql).bind(sku).fetch_one(db.pool()).await.map_err(|e| e.to_string())?;
+                    let n: i64 =
+                        sqlx::query_scalar(&sql).bind(sku).fetch_one(db.pool()).await.map_err(|e| e.to_string())?;
                     expect_eq("products", n, 1)
                 }
             })
@@ -216,7 +224,13 @@ impl Stack {
         }
     }
 
-    pub async fn place_order(&self, order_id: &str, user_id: &str, lines: &[(&str, i64)], payment_token: &str) -> Envelope {
+    pub async fn place_order(
+        &self,
+        order_id: &str,
+        user_id: &str,
+        lines: &[(&str, i64)],
+        payment_token: &str,
+    ) -> Envelope {
         self.publish(PlaceOrder {
             order_id: order_id.into(),
             user_id: user_id.into(),

@@ -148,7 +148,8 @@ async fn out_of_stock_order_is_rejected(backend: Backend) {
     wait_stock(&mut stack, "SKU-LAMP", (1, 0, 0, 1)).await;
     wait_stock(&mut stack, "SKU-BULB", (50, 0, 0, 50)).await;
     // Never charged.
-    let payments = stack.scalar_i64("payment-svc", "SELECT COUNT(*) FROM payments WHERE order_id = $1", "order-2").await;
+    let payments =
+        stack.scalar_i64("payment-svc", "SELECT COUNT(*) FROM payments WHERE order_id = $1", "order-2").await;
     assert_eq!(payments, Some(0));
     assert!(stack.ledger().await.charges.is_empty());
     wait_notified(&mut stack, "order-2", &[("rejected", "bob@example.com")]).await;
@@ -208,12 +209,7 @@ async fn cancel_after_confirmation_refunds_and_releases(backend: Backend) {
     assert_eq!(ledger.refunds.get("refund:order-5").map(|r| r.amount_minor), Some(15000));
     wait_reservation(&mut stack, "order-5", "RELEASED").await;
     wait_stock(&mut stack, "SKU-CHAIR", (5, 0, 0, 5)).await;
-    wait_notified(
-        &mut stack,
-        "order-5",
-        &[("confirmed", "dave@example.com"), ("cancelled", "dave@example.com")],
-    )
-    .await;
+    wait_notified(&mut stack, "order-5", &[("confirmed", "dave@example.com"), ("cancelled", "dave@example.com")]).await;
     // Cancelling again changes nothing.
     stack.publish(CancelOrder { order_id: "order-5".into(), reason: "again".into() }).await;
     stack.wait_outboxes_drained().await;
@@ -234,7 +230,10 @@ async fn two_hundred_orders_for_fifty_units(backend: Backend) {
     let started = Instant::now();
     let orders: Vec<String> = (0..200).map(|i| format!("rush-{i:03}")).collect();
     futures::future::join_all(
-        orders.iter().enumerate().map(|(i, order)| stack.place_order(order, &users[i % users.len()], &[("SKU-HOT", 1)], "tok_visa")),
+        orders
+            .iter()
+            .enumerate()
+            .map(|(i, order)| stack.place_order(order, &users[i % users.len()], &[("SKU-HOT", 1)], "tok_visa")),
     )
     .await;
 

@@ -72,6 +72,10 @@ async fn register_user(command: &RegisterUser, tx: &mut Tx) -> Result<(), Handle
         });
         return Ok(());
     }
-    tx.emit(UserRegistered { user_id: command.user_id.clone(), email: command.email.clone(), name: command.name.clone() });
+    tx.emit(UserRegistered {
+        user_id: command.user_id.clone(),
+        email: command.email.clone(),
+        name: command.name.clone(),
+    });
     Ok(())
 }

@@ -18,7 +18,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     platform::telemetry::init();
     let args = Args::parse();
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, "gateway simulator up");
     payment_svc::simulator::serve(listener, args.decline_over_minor, platform::telemetry::shutdown_on_signal())
         .await
