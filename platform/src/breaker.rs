@@ -329,18 +329,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn old_outcomes_slide_out_of_the_window() {
         let b = breaker();
-        for _ in 0..3 {
-            call(&b, CallOutcome::Failure);
-        }
-        for _ in 0..10 {
+        for _ in 0..12 {
             call(&b, CallOutcome::Success);
         }
-        assert_eq!(b.state(), BreakerState::Closed);
-        // Window now holds ten successes; four failures make 4/10 < 50%.
+        // The window keeps the last ten calls: 6 successes and 4 failures is 40%.
         for _ in 0..4 {
             call(&b, CallOutcome::Failure);
         }
         assert_eq!(b.state(), BreakerState::Closed);
+        // 5 of the last 10 failed: 50%.
         call(&b, CallOutcome::Failure);
         assert_eq!(b.state(), BreakerState::Open);
     }
