@@ -29,3 +29,9 @@ pub const ALL: &[&str] = &[
 pub fn dead_letter(service: &str) -> String {
     format!("{service}.dlq")
 }
+
+/// The replay topic of a service: dead letters replayed by `shopctl dlq replay`
+/// go here, so they reach only the service that failed them.
+pub fn replay(service: &str) -> String {
+    format!("{service}.replay")
+}

@@ -38,9 +38,10 @@ impl App {
         let url = config.database_url_for(service);
         let db = Db::connect(&url, config.database_max_connections).await?;
         db.migrate(migrations).await?;
-        let dlq = events::topics::dead_letter(&config.group_id_for(service));
+        let group = config.group_id_for(service);
+        let (dlq, replay) = (events::topics::dead_letter(&group), events::topics::replay(&group));
         let mut topics: Vec<&str> = events::topics::ALL.to_vec();
-        topics.push(&dlq);
+        topics.extend([dlq.as_str(), replay.as_str()]);
         kafka::ensure_topics(&config.brokers, &topics, config.topic_partitions, config.topic_replication).await?;
         let producer = kafka::producer(&config.brokers)?;
         tracing::info!(service, database = %redact(&url), brokers = %config.brokers, "built");

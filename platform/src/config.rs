@@ -11,6 +11,11 @@ pub struct PlatformConfig {
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
 
+    /// Address of the HTTP endpoints (/healthz, /readyz, /metrics). Port 0 picks
+    /// a free port (logged at start-up).
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:0")]
+    pub http_addr: String,
+
     /// Database URL: `sqlite://PATH` (created if missing) or `postgres://...`.
     /// Defaults to `sqlite://<data-dir>/<service>.db`.
     #[arg(long, env = "DATABASE_URL")]

@@ -100,7 +100,12 @@ pub async fn run<H: Handler>(
 ) -> Result<(), Error> {
     let consumer: Arc<StreamConsumer> =
         Arc::new(kafka::consumer_config(&settings.brokers, &settings.group_id).create()?);
-    consumer.subscribe(&settings.topics)?;
+    // Besides its inputs, each service reads its own replay topic, where replayed
+    // dead letters arrive for it alone.
+    let replay = events::topics::replay(&settings.group_id);
+    let mut topics: Vec<&str> = settings.topics.clone();
+    topics.push(&replay);
+    consumer.subscribe(&topics)?;
     tracing::info!(group = %settings.group_id, topics = ?settings.topics, "consuming");
     let worker = Arc::new(Worker { settings, db, producer, relay, handler, consumer: consumer.clone() });
 

@@ -1,0 +1,2 @@
+//! shopctl: placeholder, being written.
+fn main() {}
