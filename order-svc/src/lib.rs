@@ -43,7 +43,8 @@ pub async fn build(config: Config) -> Result<App, platform::Error> {
         topics::INVENTORY_EVENTS,
         topics::PAYMENT_EVENTS,
     ];
-    Ok(app.consume(&inputs, Orders))
+    let db = app.db().clone();
+    Ok(app.consume(&inputs, Orders).on_scrape(move || orders::export_outcomes(db.clone())))
 }
 
 struct Orders;

@@ -315,3 +315,15 @@ pub async fn change_price(sku: &str, price_minor: i64, tx: &mut Tx) -> Result<()
     }
     Ok(())
 }
+
+/// Saga outcomes for /metrics: orders by status, read from the table so the
+/// figure is exact across restarts and replicas.
+pub async fn export_outcomes(db: platform::Db) {
+    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status").fetch_all(db.pool()).await;
+    let Ok(rows) = rows else { return };
+    for row in rows {
+        if let (Ok(status), Ok(n)) = (row.try_get::<String, _>("status"), row.try_get::<i64, _>("n")) {
+            metrics::gauge!("orders_by_status", "service" => crate::SERVICE, "status" => status).set(n as f64);
+        }
+    }
+}

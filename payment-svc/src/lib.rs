@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use events::{topics, Envelope, Message, OrderCancellationRequested, StockReserved};
-use platform::breaker::{BreakerConfig, CircuitBreaker};
+use platform::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use platform::db::now_ms;
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
 use tokio::sync::Notify;
@@ -113,6 +113,7 @@ impl Config {
 pub async fn build(config: Config) -> Result<App, platform::Error> {
     let app = App::build(SERVICE, config.platform.clone(), &MIGRATIONS).await?;
     let breaker = Arc::new(CircuitBreaker::new(config.breaker()));
+    let (scrape_db, scrape_breaker) = (app.db().clone(), breaker.clone());
     let gateway = Arc::new(gateway::Gateway::new(
         &config.gateway_url,
         config.gateway_timeout,
@@ -129,7 +130,22 @@ pub async fn build(config: Config) -> Result<App, platform::Error> {
     let payments = Payments { wake, deadline: config.payment_deadline };
     Ok(app
         .consume(&[topics::INVENTORY_EVENTS, topics::ORDER_EVENTS], payments)
-        .spawn("payment queue", move |stop| queue::run(db, gateway, relay, queue_wake, settings, stop)))
+        .spawn("payment queue", move |stop| queue::run(db, gateway, relay, queue_wake, settings, stop))
+        .on_scrape(move || {
+            let (db, breaker) = (scrape_db.clone(), scrape_breaker.clone());
+            async move {
+                // 0 closed, 1 half-open, 2 open.
+                let state = match breaker.state() {
+                    BreakerState::Closed => 0.0,
+                    BreakerState::HalfOpen => 1.0,
+                    BreakerState::Open => 2.0,
+                };
+                metrics::gauge!("circuit_breaker_state", "service" => SERVICE).set(state);
+                if let Ok(depth) = queue::depth(&db).await {
+                    metrics::gauge!("payment_queue_depth", "service" => SERVICE).set(depth as f64);
+                }
+            }
+        }))
 }
 
 struct Payments {

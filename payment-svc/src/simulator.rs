@@ -85,20 +85,25 @@ pub async fn serve(listener: TcpListener, decline_over_minor: i64, shutdown: Can
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
-/// Applies the current mode; `Err` is the outage answer.
-async fn behave(sim: &Shared) -> Result<(), (StatusCode, Json<GatewayReply>)> {
+/// Applies the current mode: an outage refuses the call; a slow gateway does
+/// the work at once but answers late, so a caller that times out cannot know
+/// whether money moved (the case idempotency keys exist for).
+async fn behave(
+    sim: &Shared,
+    work: impl FnOnce(&mut Sim) -> (StatusCode, Json<GatewayReply>),
+) -> (StatusCode, Json<GatewayReply>) {
     let control = lock(sim).control.clone();
-    match control.mode {
-        Mode::Healthy => Ok(()),
-        Mode::Slow => {
-            tokio::time::sleep(Duration::from_millis(control.latency_ms)).await;
-            Ok(())
-        }
-        Mode::Outage => Err((
+    if control.mode == Mode::Outage {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(GatewayReply { status: "error".into(), id: None, reason: Some("simulated outage".into()) }),
-        )),
+        );
     }
+    let answer = work(&mut lock(sim));
+    if control.mode == Mode::Slow {
+        tokio::time::sleep(Duration::from_millis(control.latency_ms)).await;
+    }
+    answer
 }
 
 fn reply(entry: &LedgerEntry) -> (StatusCode, Json<GatewayReply>) {
@@ -113,11 +118,10 @@ fn reply(entry: &LedgerEntry) -> (StatusCode, Json<GatewayReply>) {
 }
 
 async fn charge(State(sim): State<Shared>, Json(request): Json<ChargeRequest>) -> (StatusCode, Json<GatewayReply>) {
-    if let Err(outage) = behave(&sim).await {
-        return outage;
-    }
-    let mut sim = lock(&sim);
-    let sim = &mut *sim;
+    behave(&sim, |sim| record_charge(sim, request)).await
+}
+
+fn record_charge(sim: &mut Sim, request: ChargeRequest) -> (StatusCode, Json<GatewayReply>) {
     if let Some(entry) = sim.ledger.charges.get_mut(&request.idempotency_key) {
         entry.calls += 1;
         return reply(entry);
@@ -141,11 +145,10 @@ async fn charge(State(sim): State<Shared>, Json(request): Json<ChargeRequest>) -
 }
 
 async fn refund(State(sim): State<Shared>, Json(request): Json<RefundRequest>) -> (StatusCode, Json<GatewayReply>) {
-    if let Err(outage) = behave(&sim).await {
-        return outage;
-    }
-    let mut sim = lock(&sim);
-    let sim = &mut *sim;
+    behave(&sim, |sim| record_refund(sim, request)).await
+}
+
+fn record_refund(sim: &mut Sim, request: RefundRequest) -> (StatusCode, Json<GatewayReply>) {
     if let Some(entry) = sim.ledger.refunds.get_mut(&request.idempotency_key) {
         entry.calls += 1;
         return reply(entry);

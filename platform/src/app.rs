@@ -11,11 +11,13 @@ use std::sync::Arc;
 
 use rdkafka::producer::FutureProducer;
 use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, ConsumerSettings, Handler, RetryPolicy};
+use crate::http::{self, ScrapeHook};
 use crate::{kafka, outbox, Db, Error, PlatformConfig};
 
 type Task = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
@@ -29,6 +31,8 @@ pub struct App {
     producer: FutureProducer,
     relay: Arc<Notify>,
     tasks: Vec<(&'static str, TaskFactory)>,
+    http: TcpListener,
+    scrape_hooks: Vec<ScrapeHook>,
 }
 
 impl App {
@@ -36,7 +40,7 @@ impl App {
     /// topics, including this service's dead-letter topic).
     pub async fn build(service: &'static str, config: PlatformConfig, migrations: &Migrator) -> Result<App, Error> {
         let url = config.database_url_for(service);
-        let db = Db::connect(&url, config.database_max_connections).await?;
+        let db = Db::connect(&url, config.database_max_connections, config.database_busy_timeout).await?;
         db.migrate(migrations).await?;
         let group = config.group_id_for(service);
         let (dlq, replay) = (events::topics::dead_letter(&group), events::topics::replay(&group));
@@ -44,8 +48,39 @@ impl App {
         topics.extend([dlq.as_str(), replay.as_str()]);
         kafka::ensure_topics(&config.brokers, &topics, config.topic_partitions, config.topic_replication).await?;
         let producer = kafka::producer(&config.brokers)?;
-        tracing::info!(service, database = %redact(&url), brokers = %config.brokers, "built");
-        Ok(App { service, config, db, producer, relay: Arc::new(Notify::new()), tasks: Vec::new() })
+        let http = TcpListener::bind(&config.http_addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on HTTP_ADDR {}: {e}", config.http_addr)))?;
+        http::prometheus();
+        tracing::info!(
+            service, database = %redact(&url), brokers = %config.brokers,
+            http = %http.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "built"
+        );
+        Ok(App {
+            service,
+            config,
+            db,
+            producer,
+            relay: Arc::new(Notify::new()),
+            tasks: Vec::new(),
+            http,
+            scrape_hooks: Vec::new(),
+        })
+    }
+
+    /// Where /healthz, /readyz and /metrics are served.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.http.local_addr().unwrap_or_else(|_| ([127, 0, 0, 1], 0).into())
+    }
+
+    /// Runs `hook` before each /metrics scrape, to refresh gauges read from state.
+    pub fn on_scrape<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.scrape_hooks.push(Arc::new(move || Box::pin(hook())));
+        self
     }
 
     pub fn db(&self) -> &Db {
@@ -99,7 +134,16 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
         let stop_work = CancellationToken::new();
         let stop_relay = CancellationToken::new();
+        let stop_http = CancellationToken::new();
+        let ops = http::Ops {
+            service: self.service,
+            db: self.db.clone(),
+            producer: self.producer.clone(),
+            hooks: self.scrape_hooks,
+        };
+        let http = tokio::spawn(http::serve(self.http, ops, stop_http.clone()));
         let relay = tokio::spawn(outbox::relay(
+            self.service,
             self.db.clone(),
             self.producer.clone(),
             self.relay.clone(),
@@ -125,6 +169,8 @@ impl App {
         if let Err(error) = relay.await {
             tracing::error!(%error, "outbox relay panicked");
         }
+        stop_http.cancel();
+        let _ = http.await;
         self.db.close().await;
         tracing::info!(service = self.service, "stopped");
         failure.map_or(Ok(()), Err)

@@ -58,6 +58,11 @@ pub struct PlatformConfig {
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub outbox_poll_interval: Duration,
 
+    /// SQLite only: how long a statement waits for the write lock before failing
+    /// as busy (a transient error, retried).
+    #[arg(long, env = "DATABASE_BUSY_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_busy_timeout: Duration,
+
     /// Database connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
     pub database_max_connections: u32,

@@ -171,6 +171,9 @@ async fn partition_worker<H: Handler>(
 impl<H: Handler> Worker<H> {
     /// Applies or dead-letters one record. `None` means shutdown interrupted it.
     async fn process(&self, record: &OwnedMessage, shutdown: &CancellationToken) -> Option<()> {
+        let service = self.settings.service;
+        metrics::counter!("messages_consumed_total", "service" => service, "topic" => record.topic().to_owned())
+            .increment(1);
         let envelope = match Envelope::from_json(rdkafka::Message::payload(record).unwrap_or_default()) {
             Ok(envelope) => envelope,
             Err(error) => {
@@ -202,12 +205,16 @@ impl<H: Handler> Worker<H> {
             .retry(self.settings.retry.backoff())
             .when(HandlerError::is_transient)
             .notify(|error, delay| {
+                metrics::counter!("handler_retries_total", "service" => service).increment(1);
                 tracing::warn!(event_id = %envelope.event_id, event_type = envelope.event_type(), %error, ?delay, "retrying");
             });
+        let started = std::time::Instant::now();
         let result = tokio::select! {
             result = retried => result,
             _ = shutdown.cancelled() => return None,
         };
+        metrics::histogram!("handler_duration_seconds", "service" => service, "event_type" => envelope.event_type())
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => Some(()),
             Err(error) => {
@@ -259,6 +266,10 @@ impl<H: Handler> Worker<H> {
             class = %failure.class, error = %failure.message, attempts = failure.attempts,
             dead_letter_topic = %topic, "dead-lettering record"
         );
+        metrics::counter!(
+            "dead_lettered_total", "service" => self.settings.service, "class" => failure.class.as_str()
+        )
+        .increment(1);
         let kafka_headers = headers.to_kafka();
         loop {
             let mut out = FutureRecord::<[u8], [u8]>::to(&topic).headers(kafka_headers.clone());

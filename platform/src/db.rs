@@ -22,7 +22,7 @@ pub struct Db {
 
 impl Db {
     /// Connects, creating the SQLite file (and its directory) if needed.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, Error> {
+    pub async fn connect(url: &str, max_connections: u32, busy_timeout: Duration) -> Result<Db, Error> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let url = if sqlite { prepare_sqlite_url(url)? } else { url.to_owned() };
@@ -36,8 +36,12 @@ impl Db {
                     if sqlite {
                         // WAL lets readers run beside the single writer; NORMAL is
                         // durable across process crashes, which is what we promise.
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
-                            .await?;
+                        let pragmas = format!(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                             PRAGMA busy_timeout = {};",
+                            busy_timeout.as_millis()
+                        );
+                        conn.execute(pragmas.as_str()).await?;
                     }
                     Ok(())
                 })

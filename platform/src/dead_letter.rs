@@ -129,7 +129,10 @@ mod tests {
         dead.push(ERROR_CLASS, "permanent");
         dead.push(ERROR_MESSAGE, "boom");
         let info = DeadLetterInfo::from_headers(&dead).expect("a dead letter");
-        assert_eq!((info.original_topic.as_str(), info.original_partition, info.original_offset), ("order.commands", 2, 41));
+        assert_eq!(
+            (info.original_topic.as_str(), info.original_partition, info.original_offset),
+            ("order.commands", 2, 41)
+        );
 
         let replay = replay_headers(&dead, "order-svc.dlq/0/7", 123);
         assert_eq!(replay.get("event_type"), Some("PlaceOrder"));

@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod db;
 pub mod dead_letter;
 mod error;
+pub mod http;
 pub mod kafka;
 pub mod outbox;
 pub mod telemetry;

@@ -163,8 +163,15 @@ pub async fn backlog(db: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await
 }
 
+/// Unsent rows and the creation time (ms) of the oldest, for metrics.
+pub async fn backlog_and_oldest(db: &Db) -> Result<(i64, Option<i64>), sqlx::Error> {
+    let row =
+        sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
 /// Publishes one batch; returns how many rows were sent.
-async fn publish_batch(db: &Db, producer: &FutureProducer) -> Result<usize, String> {
+async fn publish_batch(service: &'static str, db: &Db, producer: &FutureProducer) -> Result<usize, String> {
     let rows = unsent(db).await.map_err(|e| format!("reading outbox: {e}"))?;
     if rows.is_empty() {
         return Ok(0);
@@ -180,7 +187,11 @@ async fn publish_batch(db: &Db, producer: &FutureProducer) -> Result<usize, Stri
     let mut failure = None;
     for (row, result) in rows.iter().zip(results) {
         match result {
-            Ok(_) => sent.push(row.event_id.clone()),
+            Ok(_) => {
+                metrics::counter!("messages_produced_total", "service" => service, "topic" => row.topic.clone())
+                    .increment(1);
+                sent.push(row.event_id.clone());
+            }
             Err((error, _)) => {
                 failure.get_or_insert_with(|| format!("publishing {} to {}: {error}", row.event_id, row.topic));
             }
@@ -196,10 +207,17 @@ async fn publish_batch(db: &Db, producer: &FutureProducer) -> Result<usize, Stri
 /// The outbox relay: wakes when a transaction committed events, and also polls,
 /// since a row can be committed by another process (a replica, or this one before
 /// a crash). On shutdown it drains what is committed, then flushes the producer.
-pub async fn relay(db: Db, producer: FutureProducer, wake: Arc<Notify>, poll: Duration, shutdown: CancellationToken) {
+pub async fn relay(
+    service: &'static str,
+    db: Db,
+    producer: FutureProducer,
+    wake: Arc<Notify>,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
     let mut failures = 0u32;
     loop {
-        match publish_batch(&db, &producer).await {
+        match publish_batch(service, &db, &producer).await {
             Ok(n) if n as i64 == BATCH => continue,
             Ok(_) => failures = 0,
             Err(error) => {
@@ -221,7 +239,7 @@ pub async fn relay(db: Db, producer: FutureProducer, wake: Arc<Notify>, poll: Du
     // Final drain: whatever committed before shutdown goes out now, bounded so a
     // dead broker cannot hold the process (the rows stay for the next start).
     let drain = async {
-        while let Ok(n) = publish_batch(&db, &producer).await {
+        while let Ok(n) = publish_batch(service, &db, &producer).await {
             if n == 0 {
                 break;
             }

@@ -12,6 +12,8 @@ pub struct Broker {
     child: Option<Child>,
     pub addr: String,
     storage: String,
+    /// Tansu resolves sqlite:// paths against its working directory.
+    dir: Option<PathBuf>,
 }
 
 /// A port that was free a moment ago.
@@ -34,16 +36,18 @@ pub fn tansu_bin() -> PathBuf {
 impl Broker {
     /// A broker keeping everything in memory: fast, gone when it stops.
     pub async fn memory() -> Broker {
-        Broker::start("memory://tansu/".to_owned(), free_port()).await
+        Broker::start("memory://tansu/".to_owned(), None, free_port()).await
     }
 
     /// A broker on the sqlite engine at `path`: survives restarts.
     pub async fn sqlite(path: &Path) -> Broker {
-        Broker::start(format!("sqlite://{}", path.display()), free_port()).await
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "broker.db".into());
+        let dir = path.parent().map(Path::to_path_buf);
+        Broker::start(format!("sqlite://{file}"), dir, free_port()).await
     }
 
-    async fn start(storage: String, port: u16) -> Broker {
-        let mut broker = Broker { child: None, addr: format!("127.0.0.1:{port}"), storage };
+    async fn start(storage: String, dir: Option<PathBuf>, port: u16) -> Broker {
+        let mut broker = Broker { child: None, addr: format!("127.0.0.1:{port}"), storage, dir };
         broker.spawn();
         broker
     }
@@ -51,7 +55,11 @@ impl Broker {
     fn spawn(&mut self) {
         let url = format!("tcp://{}", self.addr);
         let bin = tansu_bin();
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        let child = command
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &self.storage])
             .env("RUST_LOG", "warn")

@@ -9,7 +9,7 @@ pub mod stack;
 
 pub use broker::Broker;
 pub use databases::{Backend, Databases};
-pub use stack::Stack;
+pub use stack::{Options, Stack};
 
 use std::future::Future;
 use std::time::Duration;

@@ -9,8 +9,11 @@ use events::{CreateProduct, Envelope, Message, OrderLine, PlaceOrder, RegisterUs
 use payment_svc::simulator::{Ledger, Mode};
 use platform::kafka::HeaderList;
 use platform::{Db, PlatformConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
 use sqlx::Row;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +23,23 @@ use crate::{eventually, expect_eq, Backend, Broker, Databases};
 pub const SERVICES: [&str; 6] =
     ["user-svc", "product-svc", "order-svc", "inventory-svc", "payment-svc", "notification-svc"];
 
+/// How to start a [`Stack`].
+pub struct Options {
+    /// Changes to every service's platform settings.
+    pub platform: fn(&mut PlatformConfig),
+    /// Changes to payment-svc's settings.
+    pub payment: fn(&mut payment_svc::Config),
+    /// A broker on the sqlite engine (survives [`Broker::restart`] with its
+    /// topics and offsets) instead of the faster memory engine.
+    pub durable_broker: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { platform: |_| {}, payment: |_| {}, durable_broker: false }
+    }
+}
+
 type Running = (CancellationToken, JoinHandle<Result<(), platform::Error>>);
 
 pub struct Stack {
@@ -28,9 +48,12 @@ pub struct Stack {
     pub gateway_url: String,
     gateway_stop: CancellationToken,
     running: HashMap<&'static str, Running>,
+    http: HashMap<&'static str, std::net::SocketAddr>,
     producer: FutureProducer,
     pools: HashMap<&'static str, Db>,
-    http: reqwest::Client,
+    client: reqwest::Client,
+    /// Tweaks applied to every service's platform configuration.
+    pub platform_config: fn(&mut PlatformConfig),
     /// Tweaks applied to payment-svc's configuration (e.g. a short deadline).
     pub payment_config: fn(&mut payment_svc::Config),
 }
@@ -42,8 +65,27 @@ impl Stack {
     }
 
     pub async fn start_with(backend: Backend, payment_config: fn(&mut payment_svc::Config)) -> Stack {
+        Stack::start_tweaked(backend, |_| {}, payment_config).await
+    }
+
+    /// Like [`Stack::start`], with changes to every service's platform settings
+    /// and to payment-svc's settings.
+    pub async fn start_tweaked(
+        backend: Backend,
+        platform: fn(&mut PlatformConfig),
+        payment: fn(&mut payment_svc::Config),
+    ) -> Stack {
+        Stack::start_with_options(backend, Options { platform, payment, ..Options::default() }).await
+    }
+
+    pub async fn start_with_options(backend: Backend, options: Options) -> Stack {
         platform::telemetry::init();
-        let broker = Broker::memory().await;
+        let dbs = Databases::new(backend);
+        let broker = if options.durable_broker {
+            Broker::sqlite(&dbs.dir().join("broker.db")).await
+        } else {
+            Broker::memory().await
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
         let gateway_url = format!("http://{}", listener.local_addr().expect("gateway address"));
         let gateway_stop = CancellationToken::new();
@@ -51,14 +93,16 @@ impl Stack {
         let producer = platform::kafka::producer(&broker.addr).expect("producer");
         let mut stack = Stack {
             broker,
-            dbs: Databases::new(backend),
+            dbs,
             gateway_url,
             gateway_stop,
             running: HashMap::new(),
+            http: HashMap::new(),
             producer,
             pools: HashMap::new(),
-            http: reqwest::Client::new(),
-            payment_config,
+            client: reqwest::Client::new(),
+            platform_config: options.platform,
+            payment_config: options.payment,
         };
         for service in SERVICES {
             stack.start_service(service).await;
@@ -72,6 +116,7 @@ impl Stack {
         config.outbox_poll_interval = Duration::from_millis(200);
         config.retry_max_elapsed = Duration::from_secs(20);
         config.database_max_connections = 4;
+        (self.platform_config)(&mut config);
         config
     }
 
@@ -93,9 +138,18 @@ impl Stack {
             other => panic!("unknown service {other}"),
         };
         let app = app.unwrap_or_else(|e| panic!("building {service}: {e}"));
+        self.http.insert(service, app.http_addr());
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
         self.running.insert(service, (stop, handle));
+    }
+
+    /// GET a path of `service`'s HTTP endpoints: (status, body).
+    pub async fn http_get(&self, service: &'static str, path: &str) -> (u16, String) {
+        let addr = self.http.get(service).unwrap_or_else(|| panic!("{service} is not running"));
+        let response = self.client.get(format!("http://{addr}{path}")).send().await.expect("http request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("http body"))
     }
 
     /// Graceful stop of one service; panics if it ended with an error.
@@ -130,12 +184,20 @@ impl Stack {
         self.producer.send(record, Timeout::After(Duration::from_secs(30))).await.expect("publish");
     }
 
+    /// Every record of `topic` from the beginning up to its current end.
+    pub async fn read_topic(&self, topic: &str) -> Vec<OwnedMessage> {
+        let (brokers, topic) = (self.broker.addr.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || read_topic_blocking(&brokers, &topic)).await.expect("reader thread")
+    }
+
     /// A pool on `service`'s own database, for assertions.
     pub async fn db(&mut self, service: &'static str) -> Db {
         if let Some(db) = self.pools.get(service) {
             return db.clone();
         }
-        let db = Db::connect(&self.dbs.url_for(service).await, 2).await.expect("connect for assertions");
+        let db = Db::connect(&self.dbs.url_for(service).await, 2, Duration::from_secs(5))
+            .await
+            .expect("connect for assertions");
         self.pools.insert(service, db.clone());
         db
     }
@@ -172,13 +234,13 @@ impl Stack {
 
     pub async fn ledger(&self) -> Ledger {
         let url = format!("{}/ledger", self.gateway_url);
-        self.http.get(url).send().await.expect("ledger").json().await.expect("ledger json")
+        self.client.get(url).send().await.expect("ledger").json().await.expect("ledger json")
     }
 
     pub async fn set_gateway(&self, mode: Mode, latency_ms: u64) {
         let url = format!("{}/control", self.gateway_url);
         let control = payment_svc::simulator::Control { mode, latency_ms };
-        self.http.put(url).json(&control).send().await.expect("gateway control").error_for_status().expect("mode");
+        self.client.put(url).json(&control).send().await.expect("gateway control").error_for_status().expect("mode");
     }
 
     /// Registers a user and waits until order-svc and notification-svc know them.
@@ -283,4 +345,41 @@ impl Stack {
         }
         self.dbs.drop_all().await;
     }
+}
+
+fn read_topic_blocking(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
+    let timeout = Duration::from_secs(10);
+    let mut config = platform::kafka::client_config(brokers);
+    config.set("group.id", "saga-tests-reader").set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().expect("reader");
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).expect("metadata");
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0usize;
+    let mut ends = std::collections::HashMap::new();
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout).expect("watermarks");
+        if high > low {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assign");
+            ends.insert(partition, high);
+            remaining += 1;
+        }
+    }
+    let mut records = Vec::new();
+    if remaining == 0 {
+        return records;
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while remaining > 0 && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let message = message.expect("read record");
+        let end = ends.get(&rdkafka::Message::partition(&message)).copied().unwrap_or(0);
+        if rdkafka::Message::offset(&message) + 1 >= end {
+            remaining -= 1;
+        }
+        records.push(message.detach());
+    }
+    assert_eq!(remaining, 0, "could not read {topic} to its end");
+    records
 }

@@ -1,0 +1,389 @@
+//! Failure semantics end to end: poison messages and dead letters, transient
+//! database failures, gateway outages and slowness behind the breaker, the
+//! durable payment queue across a restart, duplicates, and the operational
+//! endpoints. Every scenario runs on SQLite and on PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use events::Envelope;
+use payment_svc::simulator::Mode;
+use platform::dead_letter::DeadLetterInfo;
+use platform::kafka::HeaderList;
+use rdkafka::Message as _;
+use saga_tests::{eventually, expect_eq, Backend, Stack};
+use sqlx::Executor;
+
+const SAGA: Duration = Duration::from_secs(60);
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $name() { super::$name(saga_tests::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $name() { super::$name(saga_tests::Backend::Postgres).await } )*
+        }
+    };
+}
+
+on_both_databases!(
+    poison_messages_are_dead_lettered_and_orders_behind_them_complete,
+    transient_database_failure_is_retried,
+    gateway_outage_defers_then_confirms_each_order_once,
+    outage_past_the_deadline_is_compensated,
+    slow_gateway_times_out_and_is_charged_once,
+    payment_queue_survives_a_restart,
+    redelivered_events_change_nothing,
+    readiness_follows_the_broker_and_metrics_move,
+);
+
+async fn setup(stack: &mut Stack) {
+    stack.register_user("ann").await;
+    stack.create_product("SKU-PEN", 200, 100).await;
+}
+
+async fn dead_letters(stack: &Stack, topic: &str) -> Vec<(HeaderList, Option<Vec<u8>>)> {
+    stack
+        .read_topic(topic)
+        .await
+        .into_iter()
+        .map(|r| (HeaderList::from_kafka(r.headers()), r.payload().map(<[u8]>::to_vec)))
+        .collect()
+}
+
+async fn poison_messages_are_dead_lettered_and_orders_behind_them_complete(backend: Backend) {
+    let mut stack = Stack::start(backend).await;
+    setup(&mut stack).await;
+    // Three kinds of poison on order.commands, all under one key so they sit in
+    // front of the order on the same partition.
+    let key = "order-after-poison";
+    let mut unknown_type = Envelope::new(events::CancelOrder { order_id: key.into(), reason: String::new() }, "test");
+    unknown_type.schema_version = 1;
+    let unknown_type =
+        String::from_utf8(unknown_type.to_json()).expect("utf8").replace("CancelOrder", "OrderTeleported");
+    let future_version =
+        Envelope::new(events::CancelOrder { order_id: key.into(), reason: String::new() }, "test").to_json();
+    let future_version =
+        String::from_utf8(future_version).expect("utf8").replace("\"schema_version\":1", "\"schema_version\":9");
+    let mut headers = HeaderList::default();
+    headers.push("origin", "poison-test");
+    let poisons: [(&str, Vec<u8>); 3] = [
+        ("not a JSON envelope", b"{this is not json".to_vec()),
+        ("unknown event type `OrderTeleported`", unknown_type.into_bytes()),
+        ("schema_version 9 is not supported", future_version.into_bytes()),
+    ];
+    for (_, value) in &poisons {
+        stack.publish_raw(events::topics::ORDER_COMMANDS, key, value, headers.clone()).await;
+    }
+    stack.place_order(key, "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+    stack.wait_order(key, "CONFIRMED", SAGA).await;
+
+    eventually("three dead letters in order-svc.dlq", SAGA, || {
+        let stack = &stack;
+        async move { expect_eq("dead letters", dead_letters(stack, "order-svc.dlq").await.len(), 3) }
+    })
+    .await;
+    let letters = dead_letters(&stack, "order-svc.dlq").await;
+    for ((expected_error, value), (headers, payload)) in poisons.iter().zip(&letters) {
+        let info = DeadLetterInfo::from_headers(headers).expect("error headers");
+        assert_eq!(info.original_topic, "order.commands");
+        assert_eq!(info.consumer_group, "order-svc");
+        assert_eq!(info.error_class, "permanent");
+        assert_eq!(info.attempts, 1, "permanent errors are not retried");
+        assert!(info.error_message.contains(expected_error), "{} lacks {expected_error}", info.error_message);
+        assert!(info.original_timestamp_ms.is_some() && info.first_failure_ms.is_some());
+        assert_eq!(payload.as_deref(), Some(value.as_slice()), "value unchanged");
+        assert_eq!(headers.get("origin"), Some("poison-test"), "original headers kept");
+    }
+    // Offsets 0, 1, 2 of one partition, in order.
+    let offsets: Vec<i64> =
+        letters.iter().filter_map(|(h, _)| DeadLetterInfo::from_headers(h)).map(|i| i.original_offset).collect();
+    assert_eq!(offsets, vec![0, 1, 2]);
+    // No other service dead-lettered anything.
+    for dlq in ["user-svc.dlq", "product-svc.dlq", "inventory-svc.dlq", "payment-svc.dlq", "notification-svc.dlq"] {
+        assert!(stack.read_topic(dlq).await.is_empty(), "{dlq} should be empty");
+    }
+    stack.stop().await;
+}
+
+async fn transient_database_failure_is_retried(backend: Backend) {
+    let mut stack =
+        Stack::start_tweaked(backend, |c| c.database_busy_timeout = Duration::from_millis(200), |_| {}).await;
+    setup(&mut stack).await;
+    let url = stack.dbs.url_for("inventory-svc").await;
+    match backend {
+        Backend::Sqlite => {
+            // Another process holds the write lock for two seconds: inventory-svc's
+            // transactions fail busy, back off, and get through once it is released.
+            let mut locker = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.expect("connect");
+            locker.execute("BEGIN EXCLUSIVE").await.expect("lock");
+            stack.place_order("order-busy", "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            locker.execute("COMMIT").await.expect("unlock");
+        }
+        Backend::Postgres => {
+            // Statements give up after 200 ms waiting for a lock (as a busy
+            // production database would make them), and another session holds
+            // the stock table for two seconds.
+            let admin = saga_tests::databases::postgres_admin_url();
+            let name = url.rsplit('/').next().unwrap_or_default().to_owned();
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.expect("admin");
+            conn.execute(format!("ALTER DATABASE {name} SET lock_timeout = '200ms'").as_str()).await.expect("alter");
+            // Fresh sessions pick the setting up.
+            conn.execute(
+                format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'").as_str(),
+            )
+            .await
+            .expect("terminate");
+            let mut locker = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.expect("connect");
+            locker.execute("BEGIN").await.expect("begin");
+            locker.execute("LOCK TABLE stock IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+            stack.place_order("order-busy", "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            locker.execute("COMMIT").await.expect("unlock");
+        }
+    }
+    stack.wait_order("order-busy", "CONFIRMED", SAGA).await;
+    let (_, metrics) = stack.http_get("inventory-svc", "/metrics").await;
+    let retries = metric(&metrics, "handler_retries_total", "inventory-svc");
+    assert!(retries >= 1.0, "inventory-svc retried: {retries}");
+    assert!(stack.read_topic("inventory-svc.dlq").await.is_empty(), "nothing dead-lettered");
+    stack.stop().await;
+}
+
+/// The value of a series for `service` in a Prometheus exposition.
+fn metric(exposition: &str, name: &str, service: &str) -> f64 {
+    let label = format!("service=\"{service}\"");
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn gateway_outage_defers_then_confirms_each_order_once(backend: Backend) {
+    let mut stack = Stack::start(backend).await;
+    setup(&mut stack).await;
+    stack.set_gateway(Mode::Outage, 0).await;
+    let orders: Vec<String> = (0..6).map(|i| format!("outage-{i}")).collect();
+    for order in &orders {
+        stack.place_order(order, "ann", &[("SKU-PEN", 2)], "tok_visa").await;
+    }
+    for order in &orders {
+        stack.wait_order(order, "PAYMENT_DEFERRED", SAGA).await;
+    }
+    // The breaker opened on the failures; the payments wait in the durable queue.
+    let (_, metrics) = stack.http_get("payment-svc", "/metrics").await;
+    assert_eq!(metric(&metrics, "circuit_breaker_state", "payment-svc"), 2.0, "breaker open");
+    assert_eq!(metric(&metrics, "payment_queue_depth", "payment-svc"), 6.0);
+    let notified = stack.db("notification-svc").await;
+    eventually("customers told about the delay", SAGA, || {
+        let db = notified.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE kind = 'delayed'")
+                .fetch_one(db.pool())
+                .await
+                .map_err(|e| e.to_string())?;
+            expect_eq("delay notifications", n, 6)
+        }
+    })
+    .await;
+
+    let recovered = Instant::now();
+    stack.set_gateway(Mode::Healthy, 0).await;
+    for order in &orders {
+        stack.wait_order(order, "CONFIRMED", SAGA).await;
+    }
+    println!(
+        "outage recovery: all deferred orders confirmed {:?} after the gateway came back ({backend:?})",
+        recovered.elapsed()
+    );
+    let ledger = stack.ledger().await;
+    assert_eq!(ledger.charges.len(), 6);
+    assert!(ledger.charges.values().all(|c| c.approved && c.calls == 1), "each charged once: {:?}", ledger.charges);
+    stack.wait_outboxes_drained().await;
+    let db = stack.db("inventory-svc").await;
+    eventually("stock committed", SAGA, || {
+        let db = db.clone();
+        async move {
+            let sold: i64 = sqlx::query_scalar("SELECT sold FROM stock WHERE sku = 'SKU-PEN'")
+                .fetch_one(db.pool())
+                .await
+                .map_err(|e| e.to_string())?;
+            expect_eq("sold", sold, 12)
+        }
+    })
+    .await;
+    stack.stop().await;
+}
+
+async fn outage_past_the_deadline_is_compensated(backend: Backend) {
+    let mut stack = Stack::start_with(backend, |c| c.payment_deadline = Duration::from_secs(2)).await;
+    setup(&mut stack).await;
+    stack.set_gateway(Mode::Outage, 0).await;
+    stack.place_order("order-late", "ann", &[("SKU-PEN", 3)], "tok_visa").await;
+    stack.wait_order("order-late", "CANCELLED", SAGA).await;
+
+    let reason = stack.scalar_text("order-svc", "SELECT reason FROM orders WHERE order_id = $1", "order-late").await;
+    assert!(reason.unwrap_or_default().contains("deadline"));
+    let payment =
+        stack.scalar_text("payment-svc", "SELECT status FROM payments WHERE order_id = $1", "order-late").await;
+    assert_eq!(payment.as_deref(), Some("DECLINED"));
+    assert_eq!(stack.stock("SKU-PEN").await, Some((100, 0, 0, 100)), "stock released");
+    assert!(stack.ledger().await.charges.is_empty(), "never charged");
+    let kinds = stack.db("notification-svc").await;
+    eventually("delayed, then cancelled", SAGA, || {
+        let db = kinds.clone();
+        async move {
+            let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM notifications ORDER BY kind")
+                .fetch_all(db.pool())
+                .await
+                .map_err(|e| e.to_string())?;
+            expect_eq("notifications", kinds, vec!["cancelled".to_owned(), "delayed".to_owned()])
+        }
+    })
+    .await;
+    stack.stop().await;
+}
+
+async fn slow_gateway_times_out_and_is_charged_once(backend: Backend) {
+    let mut stack = Stack::start_with(backend, |c| c.gateway_timeout = Duration::from_millis(300)).await;
+    setup(&mut stack).await;
+    // The gateway takes the charge but answers after our timeout: the call is
+    // ambiguous, so it is repeated later with the same idempotency key.
+    stack.set_gateway(Mode::Slow, 800).await;
+    stack.place_order("order-slow", "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+    stack.wait_order("order-slow", "PAYMENT_DEFERRED", SAGA).await;
+    stack.set_gateway(Mode::Healthy, 0).await;
+    stack.wait_order("order-slow", "CONFIRMED", SAGA).await;
+    let ledger = stack.ledger().await;
+    let charge = ledger.charges.get("order-slow").expect("charged");
+    assert!(charge.approved);
+    assert!(charge.calls >= 2, "the gateway saw the repeat: {}", charge.calls);
+    assert_eq!(ledger.charges.len(), 1, "but money moved once");
+    stack.stop().await;
+}
+
+async fn payment_queue_survives_a_restart(backend: Backend) {
+    let mut stack = Stack::start(backend).await;
+    setup(&mut stack).await;
+    stack.set_gateway(Mode::Outage, 0).await;
+    for i in 0..3 {
+        stack.place_order(&format!("queued-{i}"), "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+    }
+    for i in 0..3 {
+        stack.wait_order(&format!("queued-{i}"), "PAYMENT_DEFERRED", SAGA).await;
+    }
+    stack.stop_service("payment-svc").await;
+    let queued = stack.scalar_i64("payment-svc", "SELECT COUNT(*) FROM payments WHERE status = $1", "DEFERRED").await;
+    assert_eq!(queued, Some(3), "the queue is in the database while the service is down");
+    stack.set_gateway(Mode::Healthy, 0).await;
+    stack.start_service("payment-svc").await;
+    for i in 0..3 {
+        stack.wait_order(&format!("queued-{i}"), "CONFIRMED", SAGA).await;
+    }
+    let ledger = stack.ledger().await;
+    assert_eq!(ledger.charges.len(), 3);
+    assert!(ledger.charges.values().all(|c| c.approved && c.calls == 1));
+    stack.stop().await;
+}
+
+async fn redelivered_events_change_nothing(backend: Backend) {
+    let mut stack = Stack::start(backend).await;
+    setup(&mut stack).await;
+    stack.place_order("order-dup", "ann", &[("SKU-PEN", 5)], "tok_visa").await;
+    stack.wait_order("order-dup", "CONFIRMED", SAGA).await;
+    stack.publish(events::CancelOrder { order_id: "order-dup".into(), reason: "test".into() }).await;
+    stack.wait_order("order-dup", "CANCELLED", SAGA).await;
+    stack.wait_outboxes_drained().await;
+    let db = stack.db("notification-svc").await;
+    eventually("confirmed and cancelled notifications", SAGA, || {
+        let db = db.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE order_id = 'order-dup'")
+                .fetch_one(db.pool())
+                .await
+                .map_err(|e| e.to_string())?;
+            expect_eq("notifications", n, 2)
+        }
+    })
+    .await;
+    let notified = notification_count(&mut stack).await;
+
+    // Every record of the saga, published again byte for byte (same event ids),
+    // plus a PlaceOrder with a new event id for the same order.
+    let mut republished = 0;
+    for topic in events::topics::ALL {
+        for record in stack.read_topic(topic).await {
+            let Ok(envelope) = Envelope::from_json(record.payload().unwrap_or_default()) else { continue };
+            if envelope.correlation_id != "order-dup" {
+                continue;
+            }
+            let key = String::from_utf8_lossy(record.key().unwrap_or_default()).into_owned();
+            let value = record.payload().unwrap_or_default().to_vec();
+            stack.publish_raw(topic, &key, &value, HeaderList::from_kafka(record.headers())).await;
+            republished += 1;
+        }
+    }
+    assert!(republished >= 10, "the saga's records were found: {republished}");
+    stack.place_order("order-dup", "ann", &[("SKU-PEN", 5)], "tok_visa").await;
+    // A marker order behind the duplicates shows they have all been consumed.
+    stack.place_order("order-marker", "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+    stack.wait_order("order-marker", "CONFIRMED", SAGA).await;
+    stack.wait_outboxes_drained().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let ledger = stack.ledger().await;
+    assert_eq!(ledger.charges.get("order-dup").map(|c| c.calls), Some(1), "charged once");
+    assert_eq!(ledger.refunds.get("refund:order-dup").map(|c| c.calls), Some(1), "refunded once");
+    assert_eq!(stack.stock("SKU-PEN").await, Some((99, 0, 1, 100)), "only the marker's unit is sold");
+    assert_eq!(stack.order_status("order-dup").await.as_deref(), Some("CANCELLED"));
+    let after = notification_count(&mut stack).await;
+    assert_eq!(after, notified + 1, "only the marker order notified");
+    stack.stop().await;
+}
+
+async fn notification_count(stack: &mut Stack) -> i64 {
+    let db = stack.db("notification-svc").await;
+    sqlx::query_scalar("SELECT COUNT(*) FROM notifications").fetch_one(db.pool()).await.expect("count")
+}
+
+async fn readiness_follows_the_broker_and_metrics_move(backend: Backend) {
+    // The sqlite engine keeps topics across the broker restart below (with the
+    // memory engine they vanish, which librdkafka 2.12 handles badly).
+    let options = saga_tests::Options { durable_broker: true, ..Default::default() };
+    let mut stack = Stack::start_with_options(backend, options).await;
+    setup(&mut stack).await;
+    for service in saga_tests::stack::SERVICES {
+        assert_eq!(stack.http_get(service, "/healthz").await.0, 200);
+        let (status, body) = stack.http_get(service, "/readyz").await;
+        assert_eq!(status, 200, "{service}: {body}");
+    }
+    stack.place_order("order-metrics", "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+    stack.wait_order("order-metrics", "CONFIRMED", SAGA).await;
+    let (_, metrics) = stack.http_get("order-svc", "/metrics").await;
+    assert!(metric(&metrics, "messages_consumed_total", "order-svc") >= 4.0, "{metrics}");
+    assert!(metric(&metrics, "messages_produced_total", "order-svc") >= 2.0);
+    assert!(metrics.contains("handler_duration_seconds_bucket"), "latency histogram exported");
+    assert!(metrics.contains("orders_by_status{service=\"order-svc\",status=\"CONFIRMED\"} 1"), "{metrics}");
+    assert!(metrics.contains("outbox_backlog{service=\"order-svc\"}"));
+
+    stack.broker.kill();
+    for service in ["order-svc", "payment-svc"] {
+        let (status, body) = stack.http_get(service, "/readyz").await;
+        assert_eq!(status, 503, "{service} unready without a broker: {body}");
+        assert!(body.contains("\"broker\"") && body.contains("\"database\":\"ok\""), "{body}");
+    }
+    stack.broker.restart();
+    eventually("ready again", SAGA, || {
+        let stack = &stack;
+        async move {
+            let (status, body) = stack.http_get("order-svc", "/readyz").await;
+            expect_eq(&body, status, 200)
+        }
+    })
+    .await;
+    stack.stop().await;
+}
