@@ -110,6 +110,7 @@ impl App {
                 max_delay: config.retry_max_delay,
                 max_elapsed: config.retry_max_elapsed,
             },
+            chaos_crash_after_commit: config.chaos_crash_after_commit,
         };
         let (db, producer, relay, handler) =
             (self.db.clone(), self.producer.clone(), self.relay.clone(), Arc::new(handler));

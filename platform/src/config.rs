@@ -63,6 +63,12 @@ pub struct PlatformConfig {
     #[arg(long, env = "DATABASE_BUSY_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub database_busy_timeout: Duration,
 
+    /// Fault injection, for the fault suite only: the probability (0..1) that the
+    /// process aborts right after a record's transaction committed and before its
+    /// offset is stored, the window at-least-once delivery must cover.
+    #[arg(long, env = "CHAOS_CRASH_AFTER_COMMIT", default_value_t = 0.0)]
+    pub chaos_crash_after_commit: f64,
+
     /// Database connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
     pub database_max_connections: u32,

@@ -73,6 +73,8 @@ pub struct ConsumerSettings {
     pub group_id: String,
     pub topics: Vec<&'static str>,
     pub retry: RetryPolicy,
+    /// See `PlatformConfig::chaos_crash_after_commit`.
+    pub chaos_crash_after_commit: f64,
 }
 
 /// Channel depth per partition worker: enough to keep a worker busy between
@@ -160,6 +162,10 @@ async fn partition_worker<H: Handler>(
         // Interrupted by shutdown: the offset is not stored, so the record is
         // delivered again after the restart.
         let Some(()) = worker.process(&record, &shutdown).await else { return };
+        if worker.settings.chaos_crash_after_commit > 0.0 && fastrand::f64() < worker.settings.chaos_crash_after_commit {
+            tracing::error!(topic = record.topic(), offset = record.offset(), "chaos: aborting between commit and offset");
+            std::process::abort();
+        }
         if let Err(error) = worker.consumer.store_offset(record.topic(), record.partition(), record.offset()) {
             // The partition was revoked meanwhile; its new owner gets the record
             // again and the inbox makes that harmless.

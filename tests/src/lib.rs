@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod databases;
+pub mod processes;
 pub mod stack;
 
 pub use broker::Broker;

@@ -1,0 +1,210 @@
+//! The system as separate OS processes: the real binaries (six services and the
+//! gateway simulator), configured through the environment exactly as an operator
+//! would, against a broker on the sqlite engine. Used where in-process services
+//! cannot tell the truth: SIGKILL, restarts, and per-service memory.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::broker::free_port;
+use crate::stack::SERVICES;
+use crate::{Backend, Broker, Databases};
+
+/// Which build of the binaries to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+/// Builds the workspace binaries (a no-op when up to date) and returns their directory.
+pub fn build_binaries(profile: Profile) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.current_dir(&root).args(["build", "--quiet", "--bins", "--workspace"]);
+    if profile == Profile::Release {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("running cargo build");
+    assert!(status.success(), "cargo build --bins failed");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    target.join(if profile == Profile::Release { "release" } else { "debug" })
+}
+
+pub struct ProcessStack {
+    pub broker: Broker,
+    pub dbs: Databases,
+    pub gateway_url: String,
+    bin_dir: PathBuf,
+    gateway: Option<Child>,
+    services: HashMap<&'static str, Child>,
+    http: HashMap<&'static str, u16>,
+    /// Extra environment for every service (e.g. retry or deadline settings).
+    pub env: Vec<(String, String)>,
+    logs: PathBuf,
+}
+
+impl ProcessStack {
+    /// Broker (sqlite engine), gateway simulator and the six services, each a process.
+    pub async fn start(backend: Backend, profile: Profile, env: Vec<(String, String)>) -> ProcessStack {
+        let bin_dir = build_binaries(profile);
+        let dbs = Databases::new(backend);
+        let broker = Broker::sqlite(&dbs.dir().join("broker.db")).await;
+        let logs = dbs.dir().join("logs");
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let gateway_port = free_port();
+        let mut stack = ProcessStack {
+            broker,
+            dbs,
+            gateway_url: format!("http://127.0.0.1:{gateway_port}"),
+            bin_dir,
+            gateway: None,
+            services: HashMap::new(),
+            http: HashMap::new(),
+            env,
+            logs,
+        };
+        stack.start_gateway();
+        for service in SERVICES {
+            stack.start_service(service).await;
+        }
+        stack
+    }
+
+    fn log_file(&self, name: &str) -> Stdio {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{name}.log")))
+            .expect("log file");
+        Stdio::from(file)
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        &self.logs
+    }
+
+    pub fn start_gateway(&mut self) {
+        let listen = self.gateway_url.trim_start_matches("http://").to_owned();
+        let child = Command::new(self.bin_dir.join("gateway-sim"))
+            .env("GATEWAY_LISTEN", &listen)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(self.log_file("gateway-sim"))
+            .spawn()
+            .expect("start gateway-sim");
+        self.gateway = Some(child);
+        wait_http(&format!("{}/healthz", self.gateway_url));
+    }
+
+    /// Starts `service` as a process and waits until it answers /readyz.
+    pub async fn start_service(&mut self, service: &'static str) {
+        let database_url = self.dbs.url_for(service).await;
+        let port = *self.http.entry(service).or_insert_with(free_port);
+        let mut command = Command::new(self.bin_dir.join(service));
+        command
+            .env("KAFKA_BROKERS", &self.broker.addr)
+            .env("DATABASE_URL", database_url)
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("PAYMENT_GATEWAY_URL", &self.gateway_url)
+            .env("DATABASE_MAX_CONNECTIONS", "4")
+            .env("RUST_LOG", std::env::var("SERVICE_LOG").unwrap_or_else(|_| "info,librdkafka=off,rdkafka=off".into()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(self.log_file(service));
+        let child = command.spawn().unwrap_or_else(|e| panic!("start {service}: {e}"));
+        self.services.insert(service, child);
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        tokio::task::spawn_blocking(move || wait_http(&url)).await.expect("wait ready");
+    }
+
+    pub fn pid(&self, service: &str) -> Option<u32> {
+        self.services.get(service).map(Child::id)
+    }
+
+    /// SIGKILL: no shutdown, no flush, no final commit.
+    pub fn kill(&mut self, service: &str) {
+        if let Some(mut child) = self.services.remove(service) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn terminate(&mut self, service: &str) {
+        if let Some(mut child) = self.services.remove(service) {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether `service` is still running (it exits on purpose in crash tests).
+    pub fn alive(&mut self, service: &str) -> bool {
+        self.services.get_mut(service).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Peak resident memory (VmHWM) of a running service, in kB.
+    pub fn peak_rss_kb(&self, service: &str) -> Option<u64> {
+        let pid = self.pid(service)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn http_port(&self, service: &str) -> Option<u16> {
+        self.http.get(service).copied()
+    }
+
+    /// Stops everything gracefully.
+    pub async fn stop(mut self) {
+        for service in SERVICES {
+            self.terminate(service);
+        }
+        if let Some(mut gateway) = self.gateway.take() {
+            let _ = gateway.kill();
+            let _ = gateway.wait();
+        }
+        self.dbs.drop_all().await;
+    }
+}
+
+impl Drop for ProcessStack {
+    fn drop(&mut self) {
+        for (_, mut child) in self.services.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(mut gateway) = self.gateway.take() {
+            let _ = gateway.kill();
+            let _ = gateway.wait();
+        }
+    }
+}
+
+/// Blocks until `url` (plain `http://host:port/path`) answers 200 (30 s at most).
+fn wait_http(url: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !http_ok(url) {
+        assert!(std::time::Instant::now() < deadline, "{url} did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A minimal blocking GET, enough for readiness probes without an HTTP client.
+fn http_ok(url: &str) -> bool {
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+}
