@@ -3,8 +3,10 @@
 //! services and the gateway simulator in-process, and gives tests a way to
 //! publish messages and inspect each service's own database.
 
+pub mod bench;
 pub mod broker;
 pub mod databases;
+pub mod faults;
 pub mod processes;
 pub mod stack;
 

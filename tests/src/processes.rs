@@ -33,6 +33,15 @@ pub fn build_binaries(profile: Profile) -> PathBuf {
     target.join(if profile == Profile::Release { "release" } else { "debug" })
 }
 
+/// Where the broker keeps its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerEngine {
+    /// Survives restarts; what the fault tests need.
+    Sqlite,
+    /// Fast, gone when the broker stops.
+    Memory,
+}
+
 pub struct ProcessStack {
     pub broker: Broker,
     pub dbs: Databases,
@@ -49,9 +58,22 @@ pub struct ProcessStack {
 impl ProcessStack {
     /// Broker (sqlite engine), gateway simulator and the six services, each a process.
     pub async fn start(backend: Backend, profile: Profile, env: Vec<(String, String)>) -> ProcessStack {
-        let bin_dir = build_binaries(profile);
+        ProcessStack::start_in(backend, build_binaries(profile), BrokerEngine::Sqlite, env).await
+    }
+
+    /// Like [`ProcessStack::start`], with binaries already built in `bin_dir` and a
+    /// choice of broker engine (the benchmark runs on the memory engine).
+    pub async fn start_in(
+        backend: Backend,
+        bin_dir: PathBuf,
+        engine: BrokerEngine,
+        env: Vec<(String, String)>,
+    ) -> ProcessStack {
         let dbs = Databases::new(backend);
-        let broker = Broker::sqlite(&dbs.dir().join("broker.db")).await;
+        let broker = match engine {
+            BrokerEngine::Sqlite => Broker::sqlite(&dbs.dir().join("broker.db")).await,
+            BrokerEngine::Memory => Broker::memory().await,
+        };
         let logs = dbs.dir().join("logs");
         std::fs::create_dir_all(&logs).expect("log dir");
         let gateway_port = free_port();
@@ -112,7 +134,7 @@ impl ProcessStack {
             .env("DATABASE_MAX_CONNECTIONS", "4")
             .env("RUST_LOG", std::env::var("SERVICE_LOG").unwrap_or_else(|_| "info,librdkafka=off,rdkafka=off".into()))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
+            .stdout(self.log_file(service))
             .stderr(self.log_file(service));
         let child = command.spawn().unwrap_or_else(|e| panic!("start {service}: {e}"));
         self.services.insert(service, child);

@@ -186,8 +186,7 @@ impl Stack {
 
     /// Every record of `topic` from the beginning up to its current end.
     pub async fn read_topic(&self, topic: &str) -> Vec<OwnedMessage> {
-        let (brokers, topic) = (self.broker.addr.clone(), topic.to_owned());
-        tokio::task::spawn_blocking(move || read_topic_blocking(&brokers, &topic)).await.expect("reader thread")
+        read_topic_at(&self.broker.addr, topic).await
     }
 
     /// A pool on `service`'s own database, for assertions.
@@ -345,6 +344,12 @@ impl Stack {
         }
         self.dbs.drop_all().await;
     }
+}
+
+/// Every record of `topic` on the broker at `brokers`, up to its current end.
+pub async fn read_topic_at(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_topic_blocking(&brokers, &topic)).await.expect("reader thread")
 }
 
 fn read_topic_blocking(brokers: &str, topic: &str) -> Vec<OwnedMessage> {

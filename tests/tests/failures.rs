@@ -37,6 +37,7 @@ on_both_databases!(
     payment_queue_survives_a_restart,
     redelivered_events_change_nothing,
     readiness_follows_the_broker_and_metrics_move,
+    replay_after_the_fix_completes_the_order_and_twice_is_a_no_op,
 );
 
 async fn setup(stack: &mut Stack) {
@@ -385,5 +386,70 @@ async fn readiness_follows_the_broker_and_metrics_move(backend: Backend) {
         }
     })
     .await;
+    stack.stop().await;
+}
+
+/// Runs the real CLI code path (`shopctl ...`) against the stack's broker.
+async fn shopctl(stack: &Stack, args: &[&str]) {
+    use clap::Parser;
+    let mut argv = vec!["shopctl", "--brokers", stack.broker.addr.as_str()];
+    argv.extend_from_slice(args);
+    let cli = shopctl::cli::Cli::try_parse_from(&argv).expect("valid shopctl arguments");
+    shopctl::run(cli).await.expect("shopctl succeeds");
+}
+
+async fn replay_after_the_fix_completes_the_order_and_twice_is_a_no_op(backend: Backend) {
+    let mut stack = Stack::start(backend).await;
+    setup(&mut stack).await;
+    // An operator mistake: inventory-svc's reservations table is renamed away.
+    // OrderPlaced fails permanently there and is dead-lettered; the order waits.
+    let inventory = stack.db("inventory-svc").await;
+    inventory.pool().execute("ALTER TABLE reservations RENAME TO reservations_away").await.expect("rename");
+    stack.place_order("order-replay", "ann", &[("SKU-PEN", 4)], "tok_visa").await;
+    eventually("OrderPlaced dead-lettered by inventory-svc", SAGA, || {
+        let stack = &stack;
+        async move { expect_eq("dead letters", dead_letters(stack, "inventory-svc.dlq").await.len(), 1) }
+    })
+    .await;
+    let letters = dead_letters(&stack, "inventory-svc.dlq").await;
+    let info = DeadLetterInfo::from_headers(&letters[0].0).expect("error headers");
+    assert_eq!((info.original_topic.as_str(), info.error_class.as_str()), ("order.events", "permanent"));
+    assert_eq!(stack.order_status("order-replay").await.as_deref(), Some("PENDING"));
+
+    // The fix, then the replay: the order completes.
+    inventory.pool().execute("ALTER TABLE reservations_away RENAME TO reservations").await.expect("rename back");
+    shopctl(&stack, &["dlq", "replay", "inventory-svc"]).await;
+    stack.wait_order("order-replay", "CONFIRMED", SAGA).await;
+    let db = stack.db("inventory-svc").await;
+    eventually("stock sold", SAGA, || {
+        let db = db.clone();
+        async move {
+            let row: (i64, i64, i64) =
+                sqlx::query_as("SELECT available, reserved, sold FROM stock WHERE sku = 'SKU-PEN'")
+                    .fetch_one(db.pool())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            expect_eq("stock", row, (96, 0, 4))
+        }
+    })
+    .await;
+
+    // The same replay again changes nothing: the inbox knows the event.
+    shopctl(&stack, &["dlq", "replay", "inventory-svc"]).await;
+    stack.place_order("order-marker", "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+    stack.wait_order("order-marker", "CONFIRMED", SAGA).await;
+    stack.wait_outboxes_drained().await;
+    assert_eq!(stack.stock("SKU-PEN").await.map(|(a, r, s, _)| (a, r, s)), Some((95, 0, 5)));
+    let ledger = stack.ledger().await;
+    assert_eq!(ledger.charges.get("order-replay").map(|c| c.calls), Some(1), "charged once");
+    let replays = stack.read_topic("inventory-svc.replay").await;
+    assert_eq!(replays.len(), 2, "both replays reached inventory-svc's replay topic");
+    for topic in ["order-svc.replay", "payment-svc.replay", "notification-svc.replay"] {
+        assert!(stack.read_topic(topic).await.is_empty(), "{topic}: replays reach only the failing service");
+    }
+    let headers = HeaderList::from_kafka(replays[0].headers());
+    assert_eq!(headers.get(platform::dead_letter::REPLAY_ORIGINAL_TOPIC), Some("order.events"));
+    assert!(headers.get(platform::dead_letter::REPLAYED_FROM).is_some_and(|f| f.starts_with("inventory-svc.dlq/")));
+    assert_eq!(headers.get("event_type"), Some("OrderPlaced"), "original headers kept");
     stack.stop().await;
 }
