@@ -103,6 +103,7 @@ impl App {
             service: self.service,
             brokers: config.brokers.clone(),
             group_id: config.group_id_for(self.service),
+            group_instance_id: config.group_instance_id.clone(),
             topics: topics.to_vec(),
             retry: RetryPolicy {
                 max_attempts: config.retry_max_attempts,

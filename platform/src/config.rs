@@ -30,6 +30,12 @@ pub struct PlatformConfig {
     #[arg(long, env = "GROUP_ID")]
     pub group_id: Option<String>,
 
+    /// Static group membership (`group.instance.id`): a restarted instance takes
+    /// its partitions back at once instead of waiting for its old session to
+    /// expire. Must be unique per replica; unset means dynamic membership.
+    #[arg(long, env = "GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
+
     /// Partitions for topics this service creates if they are missing.
     #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 3)]
     pub topic_partitions: i32,
@@ -88,6 +94,7 @@ impl PlatformConfig {
         // The defaults must not pick up the caller's environment in tests.
         config.database_url = None;
         config.group_id = None;
+        config.group_instance_id = None;
         config
     }
 

@@ -71,6 +71,7 @@ pub struct ConsumerSettings {
     pub service: &'static str,
     pub brokers: String,
     pub group_id: String,
+    pub group_instance_id: Option<String>,
     pub topics: Vec<&'static str>,
     pub retry: RetryPolicy,
     /// See `PlatformConfig::chaos_crash_after_commit`.
@@ -101,7 +102,7 @@ pub async fn run<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let consumer: Arc<StreamConsumer> =
-        Arc::new(kafka::consumer_config(&settings.brokers, &settings.group_id).create()?);
+        Arc::new(kafka::consumer_config(&settings.brokers, &settings.group_id, settings.group_instance_id.as_deref()).create()?);
     // Besides its inputs, each service reads its own replay topic, where replayed
     // dead letters arrive for it alone.
     let replay = events::topics::replay(&settings.group_id);

@@ -33,6 +33,11 @@ pub fn client_config(brokers: &str) -> ClientConfig {
         .set("enable.metrics.push", "false")
         .set("socket.keepalive.enable", "true")
         .set("reconnect.backoff.max.ms", "2000");
+    // librdkafka's own debug contexts (e.g. `cgrp,topic,fetch`), for diagnosing
+    // group membership or fetch problems in the field.
+    if let Ok(contexts) = std::env::var("KAFKA_DEBUG") {
+        config.set("debug", contexts);
+    }
     config
 }
 
@@ -51,8 +56,11 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, Error> {
 /// A consumer in `group_id` that never stores offsets on its own: the consumer
 /// loop stores each offset after the record's effects are durable, and the
 /// background auto-commit sends only stored offsets.
-pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+pub fn consumer_config(brokers: &str, group_id: &str, instance_id: Option<&str>) -> ClientConfig {
     let mut config = client_config(brokers);
+    if let Some(instance_id) = instance_id {
+        config.set("group.instance.id", instance_id);
+    }
     config
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")

@@ -115,7 +115,6 @@ pub async fn run(plan: &FaultPlan) -> Report {
     let env = vec![
         ("PAYMENT_DEADLINE".to_owned(), "120s".to_owned()),
         ("GATEWAY_TIMEOUT".to_owned(), "500ms".to_owned()),
-        ("CHAOS_CRASH_AFTER_COMMIT".to_owned(), "0.002".to_owned()),
         ("RETRY_MAX_ELAPSED".to_owned(), "60s".to_owned()),
     ];
     let mut stack = ProcessStack::start(plan.backend, plan.profile, env).await;
@@ -160,13 +159,6 @@ pub async fn run(plan: &FaultPlan) -> Report {
     let sent = std::mem::take(&mut *lock(&sent));
     let settle = Instant::now() + Duration::from_secs(180);
     loop {
-        // Crash-after-commit stays armed, so keep restarting what falls over.
-        for service in SERVICES {
-            if !stack.alive(service) {
-                *report.faults.entry("crash after commit").or_default() += 1;
-                stack.start_service(service).await;
-            }
-        }
         let (invariants, orders) = check(&stack, &http, &sent).await;
         let done = invariants.iter().all(|(_, _, offenders)| offenders.is_empty());
         if done || Instant::now() > settle {
@@ -291,13 +283,7 @@ async fn inject_faults(
     let mut poison_n = 0;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.u64(1500..4000))).await;
-        for service in SERVICES {
-            if !stack.alive(service) {
-                *counts.entry("crash after commit").or_default() += 1;
-                stack.start_service(service).await;
-            }
-        }
-        let fault: &'static str = match rng.u8(..7) {
+        let fault: &'static str = match rng.u8(..8) {
             0 | 1 => {
                 let service = SERVICES[rng.usize(..SERVICES.len())];
                 stack.kill(service);
@@ -336,6 +322,24 @@ async fn inject_faults(
                 }
                 *counts.entry("duplicated records").or_default() += republished;
                 "duplicate re-publish"
+            }
+            6 => {
+                // Restart a service armed to abort right after a commit and before
+                // the offset is stored; once it has, bring it back unarmed.
+                let service = SERVICES[rng.usize(..SERVICES.len())];
+                stack.kill(service);
+                stack.start_service_with(service, &[("CHAOS_CRASH_AFTER_COMMIT", "0.2")]).await;
+                let armed = Instant::now();
+                while stack.alive(service) && armed.elapsed() < Duration::from_secs(5) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if stack.alive(service) {
+                    stack.kill(service); // no traffic reached it: an ordinary SIGKILL then
+                } else {
+                    *counts.entry("aborted between commit and offset").or_default() += 1;
+                }
+                stack.start_service(service).await;
+                "crash-after-commit window"
             }
             _ => {
                 for (topic, _) in SUBSCRIBERS {

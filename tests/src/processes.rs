@@ -123,6 +123,11 @@ impl ProcessStack {
 
     /// Starts `service` as a process and waits until it answers /readyz.
     pub async fn start_service(&mut self, service: &'static str) {
+        self.start_service_with(service, &[]).await;
+    }
+
+    /// Like [`ProcessStack::start_service`], with extra environment for this start only.
+    pub async fn start_service_with(&mut self, service: &'static str, extra: &[(&str, &str)]) {
         let database_url = self.dbs.url_for(service).await;
         let port = *self.http.entry(service).or_insert_with(free_port);
         let mut command = Command::new(self.bin_dir.join(service));
@@ -132,8 +137,10 @@ impl ProcessStack {
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("PAYMENT_GATEWAY_URL", &self.gateway_url)
             .env("DATABASE_MAX_CONNECTIONS", "4")
+            .env("GROUP_INSTANCE_ID", format!("{service}-1"))
             .env("RUST_LOG", std::env::var("SERVICE_LOG").unwrap_or_else(|_| "info,librdkafka=off,rdkafka=off".into()))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
             .stdout(self.log_file(service))
             .stderr(self.log_file(service));
         let child = command.spawn().unwrap_or_else(|e| panic!("start {service}: {e}"));
