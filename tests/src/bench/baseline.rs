@@ -120,7 +120,7 @@ struct Times {
 /// Consumes until `total` records arrived. Uses the services' consumer settings
 /// (stored offsets, auto-commit, fetch.wait.max.ms).
 fn consume(addr: &str, group: &str, total: usize, received: &AtomicU64, joined: &AtomicBool) -> Times {
-    let consumer: BaseConsumer = platform::kafka::consumer_config(addr, group).create().expect("consumer");
+    let consumer: BaseConsumer = platform::kafka::consumer_config(addr, group, None).create().expect("consumer");
     consumer.subscribe(&[TOPIC]).expect("subscribe");
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut joined_at = None;
