@@ -330,7 +330,7 @@ async fn inject_faults(
                 stack.kill(service);
                 stack.start_service_with(service, &[("CHAOS_CRASH_AFTER_COMMIT", "0.2")]).await;
                 let armed = Instant::now();
-                while stack.alive(service) && armed.elapsed() < Duration::from_secs(5) {
+                while stack.alive(service) && armed.elapsed() < Duration::from_secs(10) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 if stack.alive(service) {
