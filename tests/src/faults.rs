@@ -224,6 +224,7 @@ async fn generate_load(
         let (sku, _) = &skus[rng.usize(..skus.len())];
         let kind = if plan.scarce.is_some() { 0 } else { rng.u8(..10) };
         let (quantity, token) = match kind {
+            _ if plan.scarce.is_some() => (1, "tok_visa"),
             0..=5 => (1 + rng.i64(0..2), "tok_visa"),
             6 => (10_000, "tok_visa"),
             7 => (1, "tok_decline_card"),
