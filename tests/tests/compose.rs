@@ -38,8 +38,23 @@ fn read(relative: &str) -> String {
 /// dependants wait for them with `service_completed_successfully`.
 const ONE_SHOT: &[&str] = &["topics", "cli"];
 
-/// Variables read by every Rust program outside clap (tracing's EnvFilter).
-const READ_OUTSIDE_CLAP: &[&str] = &["RUST_LOG"];
+/// Variables the programs read outside clap: tracing's EnvFilter reads RUST_LOG;
+/// every other `std::env::var("...")` in the shipped crates' sources must be
+/// listed here (the test finds them) and described in docs/configuration.md.
+const READ_OUTSIDE_CLAP: &[&str] = &["RUST_LOG", "KAFKA_DEBUG"];
+
+/// Crates whose sources end up in the image (tests/ does not).
+const SHIPPED_CRATES: &[&str] = &[
+    "events",
+    "platform",
+    "user-svc",
+    "product-svc",
+    "order-svc",
+    "inventory-svc",
+    "payment-svc",
+    "notification-svc",
+    "shopctl",
+];
 
 /// Where an environment variable is read, as seen from the code.
 #[derive(Debug, Clone)]
@@ -48,6 +63,8 @@ struct EnvVar {
     /// The flag that takes the same value (`--brokers`), when clap knows it.
     long: Option<String>,
     default: Option<String>,
+    /// clap insists on a value (no default, not optional).
+    required: bool,
     help: String,
 }
 
@@ -66,6 +83,8 @@ struct Code {
     packages: BTreeSet<String>,
     binaries: BTreeSet<String>,
     programs: BTreeMap<String, Program>,
+    /// `std::env::var("NAME")` in the shipped crates' sources: name -> file.
+    outside_clap: BTreeMap<String, String>,
 }
 
 /// One `${VAR...}` in compose.yaml.
@@ -139,7 +158,40 @@ fn load_code() -> Code {
         "gateway-sim".to_owned(),
         Program { vars: source_env_vars(&[root().join("payment-svc/src/bin/gateway_sim.rs")]), command: None },
     );
-    Code { packages, binaries, programs }
+    Code { packages, binaries, programs, outside_clap: env_reads_outside_clap() }
+}
+
+/// Variables the shipped crates read with `std::env::var`/`var_os`, not through clap.
+fn env_reads_outside_clap() -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    for krate in SHIPPED_CRATES {
+        for file in rust_files(&root().join(krate).join("src")) {
+            let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+            for call in ["env::var(\"", "env::var_os(\""] {
+                for (at, _) in text.match_indices(call) {
+                    let name: String = text[at + call.len()..].chars().take_while(|c| *c != '"').collect();
+                    let relative = file.strip_prefix(root()).unwrap_or(&file).display().to_string();
+                    found.entry(name).or_insert(relative);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
 }
 
 /// Every argument that reads an environment variable: the command's own
@@ -158,6 +210,7 @@ fn clap_env_vars(command: &clap::Command) -> Vec<EnvVar> {
                 name,
                 long: arg.get_long().filter(|_| top_level).map(str::to_owned),
                 default: if defaults.is_empty() { None } else { Some(defaults.join(",")) },
+                required: arg.is_required_set(),
                 help: arg.get_help().map(|h| h.to_string()).unwrap_or_default(),
             });
         }
@@ -184,7 +237,8 @@ fn source_env_vars(files: &[PathBuf]) -> Vec<EnvVar> {
             if let Some(at) = attribute.find("env = \"") {
                 let name: String = attribute[at + 7..].chars().take_while(|c| *c != '"').collect();
                 let default = attribute.contains("default_value").then(|| "(set in the source)".to_owned());
-                vars.push(EnvVar { name, long: None, default, help: String::new() });
+                let required = default.is_none();
+                vars.push(EnvVar { name, long: None, default, required, help: String::new() });
             }
             rest = &rest[start + end..];
         }
@@ -625,10 +679,16 @@ fn check_environment(stack: &Stack, code: &Code) -> Vec<String> {
             continue;
         };
         let env = environment(&service);
+        // A setting without a default is either optional (an `Option`: unset has a
+        // documented meaning; the ones staging needs are checked in check_wiring)
+        // or required by clap, and then it must be set.
         for var in &known.vars {
             let set = env.get(&var.name).is_some_and(|v| !v.is_empty()) || from_image.contains(&var.name);
-            if var.default.is_none() && !set {
-                problems.push(format!("service {name}: {binary} reads {} (no default), which is not set", var.name));
+            if var.required && var.default.is_none() && !set {
+                problems.push(format!(
+                    "service {name}: {binary} reads {} (required, no default), which is not set",
+                    var.name
+                ));
             }
         }
         for key in env.keys() {
@@ -1074,6 +1134,18 @@ fn check_ports(stack: &Stack) -> Vec<String> {
 
 fn check_docs(stack: &Stack, code: &Code) -> Vec<String> {
     let mut problems = Vec::new();
+    for (name, file) in &code.outside_clap {
+        if !READ_OUTSIDE_CLAP.contains(&name.as_str()) {
+            problems.push(format!(
+                "{file} reads {name} with std::env::var; add it to READ_OUTSIDE_CLAP in tests/tests/compose.rs and describe it"
+            ));
+        }
+    }
+    for name in READ_OUTSIDE_CLAP {
+        if !stack.configuration_md.contains(&format!("`{name}`")) {
+            problems.push(format!("docs/configuration.md does not describe {name} (read outside clap)"));
+        }
+    }
     for (binary, program) in &code.programs {
         if !stack.configuration_md.contains(&format!("## {binary}")) && !binary.ends_with("-svc") {
             problems.push(format!("docs/configuration.md has no section for {binary}"));
@@ -1185,76 +1257,89 @@ fn checks_catch_broken_stacks() {
     let (stack, code, validator) = (load_stack(), load_code(), schema_validator());
     assert_no_problems("the stack as committed", all_problems(&stack, &code, &validator));
 
-    type Breakage = (&'static str, &'static str, fn(&mut Stack));
+    type Breakage = (&'static str, &'static str, fn(&mut Stack, &mut Code));
     let breakages: &[Breakage] = &[
-        ("unknown key", "schema", |s| s.compose["services"]["order-svc"]["healthchek"] = json!({})),
-        ("version key", "`version:`", |s| {
+        ("unknown key", "schema", |s, _| s.compose["services"]["order-svc"]["healthchek"] = json!({})),
+        ("version key", "`version:`", |s, _| {
             s.raw["version"] = json!("3.9");
         }),
-        ("missing service", "no compose service", |s| {
+        ("missing service", "no compose service", |s, _| {
             s.compose["services"].as_object_mut().expect("services").remove("inventory-svc");
         }),
-        ("misspelt variable", "KAFKA_BROKER is set", |s| {
+        ("misspelt variable", "KAFKA_BROKER is set", |s, _| {
             let env = &mut s.compose["services"]["inventory-svc"]["environment"];
             let value = env["KAFKA_BROKERS"].take();
             env.as_object_mut().expect("map").remove("KAFKA_BROKERS");
             env["KAFKA_BROKER"] = value;
         }),
-        ("required variable unset", "reads DATABASE_URL (no default)", |s| {
+        ("database not set", "DATABASE_URL is \"\"", |s, _| {
             s.compose["services"]["user-svc"]["environment"].as_object_mut().expect("map").remove("DATABASE_URL");
         }),
-        ("unparsable value", "rejects its compose command line", |s| {
+        ("unparsable value", "rejects its compose command line", |s, _| {
             s.compose["services"]["payment-svc"]["environment"]["PAYMENT_DEADLINE"] = json!("five minutes");
         }),
-        ("shared database", "DATABASE_URL", |s| {
+        ("shared database", "DATABASE_URL", |s, _| {
             let url = s.compose["services"]["user-svc"]["environment"]["DATABASE_URL"].clone();
             s.compose["services"]["order-svc"]["environment"]["DATABASE_URL"] = url;
         }),
-        ("wrong broker address", "Kafka advertises", |s| {
+        ("wrong broker address", "Kafka advertises", |s, _| {
             s.compose["services"]["order-svc"]["environment"]["KAFKA_BROKERS"] = json!("localhost:9094");
         }),
-        ("gateway unreachable", "PAYMENT_GATEWAY_URL", |s| {
+        ("gateway unreachable", "PAYMENT_GATEWAY_URL", |s, _| {
             s.compose["services"]["payment-svc"]["environment"]["PAYMENT_GATEWAY_URL"] = json!("http://127.0.0.1:8090");
         }),
-        ("no health check", "no health check", |s| {
+        ("no health check", "no health check", |s, _| {
             s.compose["services"]["order-svc"].as_object_mut().expect("map").remove("healthcheck");
         }),
-        ("no restart policy", "restart is", |s| {
+        ("no restart policy", "restart is", |s, _| {
             s.compose["services"]["notification-svc"].as_object_mut().expect("map").remove("restart");
         }),
-        ("weak start-up order", "topics: condition: service_completed_successfully", |s| {
+        ("weak start-up order", "topics: condition: service_completed_successfully", |s, _| {
             s.compose["services"]["product-svc"]["depends_on"]["topics"]["condition"] = json!("service_started");
         }),
-        ("gateway not awaited", "talks to gateway", |s| {
+        ("gateway not awaited", "talks to gateway", |s, _| {
             s.compose["services"]["payment-svc"]["depends_on"].as_object_mut().expect("map").remove("gateway");
         }),
-        ("undocumented variable", "does not list", |s| s.env_example.retain(|(k, _)| k != "HOST_BIND")),
-        ("uncommented variable", "no comment above it", |s| {
+        ("undocumented variable", "does not list", |s, _| s.env_example.retain(|(k, _)| k != "HOST_BIND")),
+        ("uncommented variable", "no comment above it", |s, _| {
             s.env_example_text = s.env_example_text.replace("\nHOST_BIND=", "\n\nHOST_BIND=");
         }),
-        ("stale default", "defaults it to", |s| {
+        ("stale default", "defaults it to", |s, _| {
             for (k, v) in &mut s.env_example {
                 if k == "TOPIC_PARTITIONS" {
                     *v = "12".to_owned();
                 }
             }
         }),
-        ("binary not built", "does not build", |s| {
+        ("binary not built", "does not build", |s, _| {
             s.dockerfile = s.dockerfile.replace(" gateway-sim shopctl\"", " gateway-sim\"");
         }),
-        ("root runtime", "non-root", |s| s.dockerfile = s.dockerfile.replace("USER shop:shop", "USER root")),
-        ("port clash", "both publish", |s| {
+        ("root runtime", "non-root", |s, _| s.dockerfile = s.dockerfile.replace("USER shop:shop", "USER root")),
+        ("port clash", "both publish", |s, _| {
             let ports = s.compose["services"]["user-svc"]["ports"].clone();
             s.compose["services"]["product-svc"]["ports"] = ports;
         }),
-        ("undocumented setting", "does not describe", |s| {
+        ("undocumented setting", "does not describe", |s, _| {
             s.configuration_md = s.configuration_md.replace("`BREAKER_WINDOW`", "BREAKER_WINDOW");
+        }),
+        ("new required setting", "reads NEW_SETTING (required, no default)", |_, c| {
+            let var = EnvVar {
+                name: "NEW_SETTING".to_owned(),
+                long: Some("new-setting".to_owned()),
+                default: None,
+                required: true,
+                help: String::new(),
+            };
+            c.programs.get_mut("order-svc").expect("order-svc").vars.push(var);
+        }),
+        ("variable read outside clap", "add it to READ_OUTSIDE_CLAP", |_, c| {
+            c.outside_clap.insert("SOME_NEW_KNOB".to_owned(), "platform/src/lib.rs".to_owned());
         }),
     ];
     for (what, expected, breakage) in breakages {
-        let mut broken = stack.clone();
-        breakage(&mut broken);
-        let problems = all_problems(&broken, &code, &validator);
+        let (mut broken, mut broken_code) = (stack.clone(), code.clone());
+        breakage(&mut broken, &mut broken_code);
+        let problems = all_problems(&broken, &broken_code, &validator);
         assert!(
             problems.iter().any(|p| p.contains(expected)),
             "breakage {what:?} was not caught (wanted a problem containing {expected:?}); problems: {problems:#?}"
@@ -1280,7 +1365,11 @@ fn print_settings_reference() {
         println!("\n### {binary}\n\n| Variable | Flag | Default | What it does |\n| --- | --- | --- | --- |");
         for var in program.vars {
             let flag = var.long.map(|l| format!("`--{l}`")).unwrap_or_default();
-            let default = var.default.map(|d| format!("`{d}`")).unwrap_or_else(|| "(none)".to_owned());
+            let default = match (var.default, var.required) {
+                (Some(default), _) => format!("`{default}`"),
+                (None, true) => "(required)".to_owned(),
+                (None, false) => "(unset)".to_owned(),
+            };
             let help = var.help.replace('\n', " ");
             println!("| `{}` | {flag} | {default} | {help} |", var.name);
         }
