@@ -101,8 +101,10 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let consumer: Arc<StreamConsumer> =
-        Arc::new(kafka::consumer_config(&settings.brokers, &settings.group_id, settings.group_instance_id.as_deref()).create()?);
+    let consumer: Arc<StreamConsumer> = Arc::new(
+        kafka::consumer_config(&settings.brokers, &settings.group_id, settings.group_instance_id.as_deref())
+            .create()?,
+    );
     // Besides its inputs, each service reads its own replay topic, where replayed
     // dead letters arrive for it alone.
     let replay = events::topics::replay(&settings.group_id);
@@ -163,8 +165,13 @@ async fn partition_worker<H: Handler>(
         // Interrupted by shutdown: the offset is not stored, so the record is
         // delivered again after the restart.
         let Some(()) = worker.process(&record, &shutdown).await else { return };
-        if worker.settings.chaos_crash_after_commit > 0.0 && fastrand::f64() < worker.settings.chaos_crash_after_commit {
-            tracing::error!(topic = record.topic(), offset = record.offset(), "chaos: aborting between commit and offset");
+        if worker.settings.chaos_crash_after_commit > 0.0 && fastrand::f64() < worker.settings.chaos_crash_after_commit
+        {
+            tracing::error!(
+                topic = record.topic(),
+                offset = record.offset(),
+                "chaos: aborting between commit and offset"
+            );
             std::process::abort();
         }
         if let Err(error) = worker.consumer.store_offset(record.topic(), record.partition(), record.offset()) {
