@@ -17,6 +17,9 @@ static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// Where write transactions run ([`Db::writer`]): on SQLite a pool of its own
+    /// with one connection, on PostgreSQL the same pool as reads.
+    writer: AnyPool,
     sqlite: bool,
 }
 
@@ -28,27 +31,39 @@ impl Db {
         let url = if sqlite { prepare_sqlite_url(url)? } else { url.to_owned() };
         let options: AnyConnectOptions = url.parse()?;
         let options = options.log_statements(tracing::log::LevelFilter::Trace);
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL lets readers run beside the single writer; NORMAL is
-                        // durable across process crashes, which is what we promise.
-                        let pragmas = format!(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                             PRAGMA busy_timeout = {};",
-                            busy_timeout.as_millis()
-                        );
-                        conn.execute(pragmas.as_str()).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
-        Ok(Db { pool, sqlite })
+        let pool_options = |size: u32| {
+            AnyPoolOptions::new().max_connections(size).acquire_timeout(Duration::from_secs(10)).after_connect(
+                move |conn, _| {
+                    Box::pin(async move {
+                        if sqlite {
+                            // WAL lets readers run beside the single writer; NORMAL is
+                            // durable across process crashes, which is what we promise.
+                            let pragmas = format!(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                                 PRAGMA busy_timeout = {};",
+                                busy_timeout.as_millis()
+                            );
+                            conn.execute(pragmas.as_str()).await?;
+                        }
+                        Ok(())
+                    })
+                },
+            )
+        };
+        if !sqlite {
+            let pool = pool_options(max_connections).connect_with(options).await?;
+            return Ok(Db { writer: pool.clone(), pool, sqlite });
+        }
+        // SQLite runs one write transaction at a time. Writers therefore share one
+        // connection, and wait for it in the pool's queue (asynchronously, first come
+        // first served) rather than in SQLite's busy handler, which sleeps 1, 2, 5,
+        // 10... ms between tries and so turns contention between partition workers
+        // into latency. One connection also keeps its page cache: in WAL mode a
+        // connection drops its cache whenever another one has written. Reads use the
+        // other connections.
+        let writer = pool_options(1).connect_with(options.clone()).await?;
+        let pool = pool_options(max_connections.saturating_sub(1).max(1)).connect_with(options).await?;
+        Ok(Db { pool, writer, sqlite })
     }
 
     /// Applies the platform's tables, then the service's own migrations. The two
@@ -57,13 +72,19 @@ impl Db {
         for source in [&PLATFORM_MIGRATIONS, service] {
             let mut migrator = Migrator { migrations: source.migrations.clone(), ..Migrator::DEFAULT };
             migrator.set_ignore_missing(true);
-            migrator.run(&self.pool).await?;
+            migrator.run(&self.writer).await?;
         }
         Ok(())
     }
 
+    /// The pool for reads (and, on PostgreSQL, everything).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool write transactions begin on (see [`crate::Tx`]).
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -72,6 +93,7 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 

@@ -47,7 +47,9 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, Error> {
     Ok(client_config(brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
+        // The relay hands over a whole batch at once, so waiting for more records
+        // buys little batching and costs every hop of the saga its full length.
+        .set("linger.ms", "1")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
         .create()?)
@@ -69,7 +71,11 @@ pub fn consumer_config(brokers: &str, group_id: &str, instance_id: Option<&str>)
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("fetch.wait.max.ms", "50");
+        // Tansu 0.6 holds every fetch for the whole wait, even when records are
+        // ready, so this is added to every hop of the saga (up to twice, when a
+        // record lands just after a fetch began). 10 ms keeps a hop short at the
+        // cost of a few hundred near-empty fetches a second per service.
+        .set("fetch.wait.max.ms", "10");
     config
 }
 

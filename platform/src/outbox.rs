@@ -33,7 +33,7 @@ pub struct Tx {
 impl Tx {
     pub async fn begin(db: &Db, producer: &'static str) -> Result<Tx, sqlx::Error> {
         Ok(Tx {
-            tx: db.pool().begin().await?,
+            tx: db.writer().begin().await?,
             producer,
             cause: None,
             pending: Vec::new(),
@@ -154,7 +154,7 @@ async fn mark_sent(db: &Db, ids: &[String]) -> Result<(), sqlx::Error> {
     for id in ids {
         query = query.bind(id.as_str());
     }
-    query.execute(db.pool()).await?;
+    query.execute(db.writer()).await?;
     Ok(())
 }
 

@@ -214,6 +214,10 @@ pub struct Phase {
     pub cpu_seconds: BTreeMap<String, f64>,
     /// Share of all cores busy during the phase (0..1, whole machine).
     pub machine_busy: f64,
+    /// CPU seconds of everything else on the machine during the phase (other
+    /// people's builds and tests on a shared machine): machine busy time minus
+    /// the processes above.
+    pub other_cpu_seconds: f64,
     pub wall_seconds: f64,
     /// handler_duration_seconds per service and event type: (mean ms, count).
     pub handler_ms: BTreeMap<String, BTreeMap<String, (f64, f64)>>,
@@ -349,6 +353,8 @@ pub async fn phase(stack: &ProcessStack, producer: &FutureProducer, name: &str, 
     phase.machine_busy = if total > 0 { busy as f64 / total as f64 } else { f64::NAN };
     phase.cpu_seconds =
         cpu_after.iter().map(|(k, v)| (k.clone(), v - cpu_before.get(k).copied().unwrap_or(0.0))).collect();
+    let watched_total: f64 = phase.cpu_seconds.values().sum();
+    phase.other_cpu_seconds = busy as f64 / ticks - watched_total;
     phase.handler_ms = metrics_after
         .iter()
         .map(|(service, after)| {
@@ -436,6 +442,7 @@ fn analyse(name: &str, records: &[Record], orders: &HashSet<String>) -> Phase {
         avg_value_bytes: if messages > 0 { value_bytes as f64 / messages as f64 } else { f64::NAN },
         cpu_seconds: BTreeMap::new(),
         machine_busy: f64::NAN,
+        other_cpu_seconds: f64::NAN,
         wall_seconds: 0.0,
         handler_ms: BTreeMap::new(),
     }

@@ -106,6 +106,8 @@ struct Medians {
     peak_rss_kb: BTreeMap<String, f64>,
     cpu_ms_per_order_max: BTreeMap<String, f64>,
     machine_busy_max: f64,
+    /// CPU cores' worth used by processes outside the benchmark during the max phase.
+    other_cores_max: f64,
     hops_rated_p50_ms: BTreeMap<String, f64>,
     hops_rated_p99_ms: BTreeMap<String, f64>,
     hops_max_p50_ms: BTreeMap<String, f64>,
@@ -261,6 +263,7 @@ fn medians(backend: &'static str, runs: &[Run]) -> Option<Medians> {
             s.max.cpu_seconds.iter().map(|(k, v)| (k.clone(), v * 1000.0 / s.max.orders as f64)).collect()
         }),
         machine_busy_max: m(&|_, s| s.max.machine_busy),
+        other_cores_max: m(&|_, s| s.max.other_cpu_seconds / s.max.wall_seconds),
         hops_rated_p50_ms: keyed(&|s| s.rated.hops_ms.iter().map(|(k, v)| (k.clone(), v.p50)).collect()),
         hops_rated_p99_ms: keyed(&|s| s.rated.hops_ms.iter().map(|(k, v)| (k.clone(), v.p99)).collect()),
         hops_max_p50_ms: keyed(&|s| s.max.hops_ms.iter().map(|(k, v)| (k.clone(), v.p50)).collect()),
@@ -291,10 +294,11 @@ fn print_medians(m: &Medians) {
     println!("  placed->confirmed    p50 {:>6.0}  p95 {:>6.0}  p99 {:>6.0}  max {:>6.0} ms   (PlaceOrder->confirmed p99 {:.0} ms)",
         m.rated_p50_ms, m.rated_p95_ms, m.rated_p99_ms, m.rated_max_ms, m.rated_command_p99_ms);
     println!(
-        "  at max throughput    p50 {:>6.0}  p99 {:>6.0} ms; machine busy {:.0}%",
+        "  at max throughput    p50 {:>6.0}  p99 {:>6.0} ms; machine busy {:.0}% ({:.2} cores used by other processes)",
         m.max_p50_ms,
         m.max_p99_ms,
-        m.machine_busy_max * 100.0
+        m.machine_busy_max * 100.0,
+        m.other_cores_max
     );
     println!("  {:<62} {:>10} {:>10} {:>10}", "hop", "p50 rated", "p99 rated", "p50 max");
     for (hop, p50) in &m.hops_rated_p50_ms {
