@@ -61,6 +61,9 @@ struct Args {
     /// Write every figure of every run here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run the service binaries found here instead of building them (release).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -333,7 +336,7 @@ async fn main() {
         Backends::Postgres => vec![Backend::Postgres],
         Backends::Both => vec![Backend::Sqlite, Backend::Postgres],
     };
-    let bin_dir = build_service_binaries();
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(build_service_binaries);
     let samples = topics::one_order(&uuid::Uuid::now_v7().to_string(), "bench-user-01", "BENCH-SKU-01");
     let mut runs = Vec::new();
     for run in 1..=args.runs {
