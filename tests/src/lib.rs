@@ -44,3 +44,19 @@ pub fn expect_eq<T: PartialEq + std::fmt::Debug>(what: &str, actual: T, expected
         Err(format!("{what}: expected {expected:?}, got {actual:?}"))
     }
 }
+
+/// Generates `sqlite::<name>` and `postgres::<name>` tests from one scenario
+/// `async fn <name>(backend: Backend)`, so every scenario runs on both databases.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $name() { super::$name($crate::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $name() { super::$name($crate::Backend::Postgres).await } )*
+        }
+    };
+}

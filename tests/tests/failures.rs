@@ -15,20 +15,7 @@ use sqlx::Executor;
 
 const SAGA: Duration = Duration::from_secs(60);
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-               async fn $name() { super::$name(saga_tests::Backend::Sqlite).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-               async fn $name() { super::$name(saga_tests::Backend::Postgres).await } )*
-        }
-    };
-}
-
-on_both_databases!(
+saga_tests::on_both_databases!(
     poison_messages_are_dead_lettered_and_orders_behind_them_complete,
     transient_database_failure_is_retried,
     gateway_outage_defers_then_confirms_each_order_once,

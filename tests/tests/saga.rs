@@ -9,21 +9,7 @@ use saga_tests::{eventually, expect_eq, Backend, Stack};
 
 const SAGA: Duration = Duration::from_secs(60);
 
-/// Generates `<name>_sqlite` and `<name>_postgres` from one scenario.
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-               async fn $name() { super::$name(saga_tests::Backend::Sqlite).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-               async fn $name() { super::$name(saga_tests::Backend::Postgres).await } )*
-        }
-    };
-}
-
-on_both_databases!(
+saga_tests::on_both_databases!(
     confirmed_order_is_charged_and_stock_sold,
     out_of_stock_order_is_rejected,
     declined_payment_releases_stock_and_cancels,
