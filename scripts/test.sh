@@ -13,4 +13,4 @@ export TEST_POSTGRES_URL=$("$root/scripts/postgres.sh")
 echo "test.sh: broker $TANSU_BIN; PostgreSQL ${TEST_POSTGRES_URL}" >&2
 export RUST_LOG=${RUST_LOG:-warn,librdkafka=off,rdkafka=off}
 
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"

@@ -11,6 +11,11 @@
 //!    attempts and time; then dead-letters;
 //! 4. stores the offset only once the transaction committed or the dead letter was
 //!    acknowledged. Auto-commit sends stored offsets; shutdown commits them.
+//!
+//! A watchdog covers the one failure the loop cannot see from inside: records
+//! waiting for the group on the broker while none arrive and the committed
+//! offsets stand still (a wedged group membership). The consumer then finishes
+//! its work, commits, and joins the group afresh.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{now_ms, Db};
 use crate::dead_letter;
-use crate::kafka::{self, HeaderList};
+use crate::kafka::{self, GroupContext, HeaderList};
 use crate::outbox::Tx;
 use crate::{Error, ErrorClass, HandlerError};
 
@@ -88,11 +93,22 @@ struct Worker<H> {
     producer: FutureProducer,
     relay: Arc<Notify>,
     handler: Arc<H>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<GroupConsumer>,
+    /// Records handed to workers and not finished yet: while any is, the session
+    /// is busy, not stalled.
+    in_flight: AtomicUsize,
 }
 
+type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// How long records may wait on the broker for this group, with none arriving
+/// and the group's committed offsets not moving, before the consumer leaves and
+/// joins the group again. Well past a rebalance, so only a wedged membership
+/// (seen with Tansu after restarts) trips it.
+const STALL_AFTER: Duration = Duration::from_secs(45);
+
 /// Runs until `shutdown`, then finishes the record each partition is on, and
-/// commits the stored offsets.
+/// commits the stored offsets. A consumer found stalled is replaced by a new one.
 pub async fn run<H: Handler>(
     settings: ConsumerSettings,
     db: Db,
@@ -101,25 +117,75 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let consumer: Arc<StreamConsumer> = Arc::new(
+    loop {
+        let parts = (settings.clone(), db.clone(), producer.clone(), relay.clone(), handler.clone());
+        match session(parts, &shutdown).await? {
+            Ended::Shutdown => return Ok(()),
+            Ended::Stalled(waiting) => {
+                metrics::counter!("consumer_rejoins_total", "service" => settings.service).increment(1);
+                tracing::error!(
+                    group = %settings.group_id, ?waiting, after = ?STALL_AFTER,
+                    "consumer stalled: records wait for this group and none arrive; joining again"
+                );
+            }
+        }
+    }
+}
+
+enum Ended {
+    Shutdown,
+    /// Partitions with records waiting (committed offset below the end).
+    Stalled(Vec<String>),
+}
+
+type SessionParts<H> = (ConsumerSettings, Db, FutureProducer, Arc<Notify>, Arc<H>);
+
+/// One membership of the group: a consumer, its partition workers, and a final
+/// commit when it ends.
+async fn session<H: Handler>(
+    (settings, db, producer, relay, handler): SessionParts<H>,
+    shutdown: &CancellationToken,
+) -> Result<Ended, Error> {
+    let context = GroupContext { group_id: settings.group_id.clone() };
+    let consumer: Arc<GroupConsumer> = Arc::new(
         kafka::consumer_config(&settings.brokers, &settings.group_id, settings.group_instance_id.as_deref())
-            .create()?,
+            .create_with_context(context)?,
     );
     // Besides its inputs, each service reads its own replay topic, where replayed
     // dead letters arrive for it alone.
     let replay = events::topics::replay(&settings.group_id);
-    let mut topics: Vec<&str> = settings.topics.clone();
-    topics.push(&replay);
-    consumer.subscribe(&topics)?;
+    let mut topics: Vec<String> = settings.topics.iter().map(|t| (*t).to_owned()).collect();
+    topics.push(replay);
+    consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
     tracing::info!(group = %settings.group_id, topics = ?settings.topics, "consuming");
-    let worker = Arc::new(Worker { settings, db, producer, relay, handler, consumer: consumer.clone() });
+    let worker =
+        Arc::new(Worker { settings, db, producer, relay, handler, consumer: consumer.clone(), in_flight: 0.into() });
 
+    // Workers stop with the session: on shutdown, or when it is found stalled.
+    let stop = shutdown.child_token();
     let mut partitions: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
     let mut tasks = JoinSet::new();
-    loop {
+    let mut stall_check = tokio::time::interval(STALL_AFTER);
+    stall_check.reset();
+    let mut received_since_check = false;
+    let mut waiting_at_check: Option<Vec<String>> = None;
+    let mut ended = Ended::Shutdown;
+    'receive: loop {
         let received = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             received = consumer.recv() => received.map(|m| m.detach()),
+            _ = stall_check.tick() => {
+                let idle = !std::mem::take(&mut received_since_check)
+                    && worker.in_flight.load(Ordering::Relaxed) == 0;
+                let waiting = if idle { waiting_records(&consumer, &topics).await } else { None };
+                if waiting.is_some() && waiting == waiting_at_check {
+                    ended = Ended::Stalled(waiting.unwrap_or_default());
+                    stop.cancel();
+                    break;
+                }
+                waiting_at_check = waiting;
+                continue;
+            }
         };
         let record = match received {
             Ok(record) => record,
@@ -129,26 +195,83 @@ pub async fn run<H: Handler>(
                 continue;
             }
         };
+        received_since_check = true;
         let key = (record.topic().to_owned(), record.partition());
-        let queue = partitions.entry(key).or_insert_with(|| {
-            let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);
-            tasks.spawn(partition_worker(worker.clone(), receiver, shutdown.clone()));
-            sender
-        });
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            sent = queue.send(record) => if sent.is_err() {
-                tracing::error!("partition worker stopped unexpectedly");
-            },
+        let mut record = record;
+        loop {
+            let queue = partitions.entry(key.clone()).or_insert_with(|| {
+                let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);
+                tasks.spawn(partition_worker(worker.clone(), receiver, stop.clone()));
+                sender
+            });
+            worker.in_flight.fetch_add(1, Ordering::Relaxed);
+            let sent = tokio::select! {
+                _ = stop.cancelled() => break 'receive,
+                sent = queue.send(record) => sent,
+            };
+            match sent {
+                Ok(()) => break,
+                // The worker died (a handler panicked; see the reaping below). Its
+                // records from here on go to a new worker; those it held were
+                // never stored, so they come again after a restart.
+                Err(mpsc::error::SendError(returned)) => {
+                    worker.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    partitions.remove(&key);
+                    record = returned;
+                }
+            }
+        }
+        while let Some(done) = tasks.try_join_next() {
+            if let Err(error) = done {
+                tracing::error!(%error, "partition worker died; starting a new one for its next record");
+            }
         }
     }
     drop(partitions);
     while tasks.join_next().await.is_some() {}
     match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => tracing::info!(group = %worker.settings.group_id, "offsets committed at shutdown"),
+        Ok(()) => tracing::info!(group = %worker.settings.group_id, "offsets committed"),
         Err(error) => tracing::debug!(%error, "final commit (nothing stored is fine)"),
     }
-    Ok(())
+    Ok(ended)
+}
+
+/// The subscribed partitions whose committed offset (for this group) is below the
+/// end of the log, as `topic/partition@committed`; `None` when there are none or
+/// the broker cannot tell. Blocking calls, so on the blocking pool.
+async fn waiting_records(consumer: &Arc<GroupConsumer>, topics: &[String]) -> Option<Vec<String>> {
+    let (consumer, topics) = (consumer.clone(), topics.to_vec());
+    let lookup = move || -> Result<Vec<String>, rdkafka::error::KafkaError> {
+        let timeout = Duration::from_secs(5);
+        let mut list = rdkafka::TopicPartitionList::new();
+        for topic in &topics {
+            for partition in consumer.fetch_metadata(Some(topic), timeout)?.topics().iter().flat_map(|t| t.partitions())
+            {
+                list.add_partition(topic, partition.id());
+            }
+        }
+        let committed = consumer.committed_offsets(list, timeout)?;
+        let mut waiting = Vec::new();
+        for element in committed.elements() {
+            let (low, high) = consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
+            let at = match element.offset() {
+                rdkafka::Offset::Offset(at) => at,
+                _ => low,
+            };
+            if at < high {
+                waiting.push(format!("{}/{}@{at}", element.topic(), element.partition()));
+            }
+        }
+        Ok(waiting)
+    };
+    match tokio::task::spawn_blocking(lookup).await {
+        Ok(Ok(waiting)) if !waiting.is_empty() => Some(waiting),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "checking for waiting records");
+            None
+        }
+        _ => None,
+    }
 }
 
 async fn partition_worker<H: Handler>(
@@ -179,6 +302,7 @@ async fn partition_worker<H: Handler>(
             // again and the inbox makes that harmless.
             tracing::debug!(%error, topic = record.topic(), "storing offset");
         }
+        worker.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

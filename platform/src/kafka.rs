@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use events::Envelope;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::TopicPartitionList;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -77,6 +80,47 @@ pub fn consumer_config(brokers: &str, group_id: &str, instance_id: Option<&str>)
         // cost of a few hundred near-empty fetches a second per service.
         .set("fetch.wait.max.ms", "10");
     config
+}
+
+/// The consumer loop's client context: makes group membership visible in the
+/// service's own log (librdkafka's log is off by default), since a consumer that
+/// silently holds no partitions looks exactly like an idle one.
+pub struct GroupContext {
+    pub group_id: String,
+}
+
+impl ClientContext for GroupContext {
+    // The consumer loop logs what `recv` returns; this adds librdkafka's reason.
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(group = %self.group_id, %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |list: &TopicPartitionList| {
+            list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(" ")
+        };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(group = %self.group_id, count = list.count(), partitions = %partitions(list), "partitions assigned")
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(group = %self.group_id, count = list.count(), partitions = %partitions(list), "partitions revoked")
+            }
+            Rebalance::Error(error) => tracing::warn!(group = %self.group_id, %error, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        // NoOffset: nothing was stored since the last commit, the common case.
+        // Others (broker away, rebalance) are retried by the next auto-commit.
+        if let Err(error) = result {
+            if error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+                tracing::info!(group = %self.group_id, %error, "offset commit failed; the next one retries");
+            }
+        }
+    }
 }
 
 /// Creates the topics that do not exist yet. Safe to run from every service at

@@ -63,6 +63,8 @@ impl FaultPlan {
 #[derive(Debug, Default)]
 pub struct Report {
     pub faults: BTreeMap<&'static str, usize>,
+    /// Each fault as it happened: seconds since the load started, what, on what.
+    pub timeline: Vec<String>,
     pub orders: BTreeMap<String, usize>,
     pub invariants: Vec<(String, usize, Vec<String>)>,
 }
@@ -71,6 +73,7 @@ impl Report {
     pub fn print(&self, plan: &FaultPlan) {
         println!("fault run: seed {} backend {:?} duration {:?}", plan.seed, plan.backend, plan.duration);
         println!("  faults injected: {:?}", self.faults);
+        println!("  fault timeline: {}", self.timeline.join(", "));
         println!("  orders by final status: {:?}", self.orders);
         for (name, checked, offenders) in &self.invariants {
             let verdict = if offenders.is_empty() { "ok".to_owned() } else { format!("FAILED: {:?}", offenders) };
@@ -146,13 +149,15 @@ pub async fn run(plan: &FaultPlan) -> Report {
     let mut report = Report::default();
     let deadline = Instant::now() + plan.duration;
     let load = generate_load(plan, &producer, &sent, &users, &skus, rng.u64(..), deadline);
-    let faults = inject_faults(&mut stack, &producer, &http, &sent, &mut rng, deadline, &mut report.faults);
+    let faults = inject_faults(&mut stack, &producer, &http, &sent, &mut rng, deadline, &mut report);
     tokio::join!(load, faults);
 
     // Quiesce: gateway healthy, everyone running, then wait for the saga to settle.
     set_gateway(&http, &stack.gateway_url, Mode::Healthy, 0).await;
     for service in SERVICES {
         if !stack.alive(service) {
+            // Nothing in the schedule leaves a service down: it exited by itself.
+            report.timeline.push(format!("{service} found exited at quiesce; restarted"));
             stack.start_service(service).await;
         }
     }
@@ -174,11 +179,24 @@ pub async fn run(plan: &FaultPlan) -> Report {
         let _ = std::fs::create_dir_all(&kept);
         for entry in std::fs::read_dir(stack.log_dir()).into_iter().flatten().flatten() {
             let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+            print_log_tail(&entry.path());
         }
         println!("service logs kept in {}", kept.display());
     }
     stack.stop().await;
     report
+}
+
+/// The last warnings and errors of a service log: where CI keeps only the test's
+/// output, this is what tells a failure's story.
+fn print_log_tail(path: &std::path::Path) {
+    let Ok(text) = std::fs::read_to_string(path) else { return };
+    let notable: Vec<&str> =
+        text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("consuming")).collect();
+    println!("--- {} ({} lines, last warnings and errors):", path.display(), text.lines().count());
+    for line in &notable[notable.len().saturating_sub(15)..] {
+        println!("    {}", line.chars().take(300).collect::<String>());
+    }
 }
 
 async fn wait_projections(stack: &ProcessStack, users: i64, skus: i64) {
@@ -279,14 +297,19 @@ async fn inject_faults(
     sent: &Shared<Sent>,
     rng: &mut fastrand::Rng,
     deadline: Instant,
-    counts: &mut BTreeMap<&'static str, usize>,
+    report: &mut Report,
 ) {
+    let started = Instant::now();
+    let counts = &mut report.faults;
     let mut poison_n = 0;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.u64(1500..4000))).await;
+        let at = started.elapsed().as_secs_f64();
+        let mut target = "";
         let fault: &'static str = match rng.u8(..8) {
             0 | 1 => {
                 let service = SERVICES[rng.usize(..SERVICES.len())];
+                target = service;
                 stack.kill(service);
                 tokio::time::sleep(Duration::from_millis(rng.u64(200..1500))).await;
                 stack.start_service(service).await;
@@ -312,6 +335,7 @@ async fn inject_faults(
             }
             5 => {
                 let topic = events::topics::ALL[rng.usize(..events::topics::ALL.len())];
+                target = topic;
                 let records = crate::stack::read_topic_at(&stack.broker.addr, topic).await;
                 let mut republished = 0;
                 for record in records.iter().filter(|_| rng.u8(..4) == 0).take(20) {
@@ -328,6 +352,7 @@ async fn inject_faults(
                 // Restart a service armed to abort right after a commit and before
                 // the offset is stored; once it has, bring it back unarmed.
                 let service = SERVICES[rng.usize(..SERVICES.len())];
+                target = service;
                 stack.kill(service);
                 stack.start_service_with(service, &[("CHAOS_CRASH_AFTER_COMMIT", "0.2")]).await;
                 let armed = Instant::now();
@@ -359,6 +384,7 @@ async fn inject_faults(
             }
         };
         *counts.entry(fault).or_default() += 1;
+        report.timeline.push(format!("{at:.1}s {fault} {target}").trim_end().to_owned());
     }
 }
 
