@@ -7,6 +7,7 @@
 //! comes back as a [`DecodeError`], which the runtime treats as permanent.
 
 mod messages;
+mod order_status;
 pub mod topics;
 mod upcast;
 
@@ -17,6 +18,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use messages::*;
+pub use order_status::OrderStatus;
 
 /// Declares the catalogue once: payload type, topic, Kafka key field and the
 /// current schema version. Everything that dispatches on the message kind is

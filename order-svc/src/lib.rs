@@ -21,8 +21,6 @@ mod orders;
 use events::{topics, Envelope, Message};
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
 
-pub use orders::Status;
-
 pub const SERVICE: &str = "order-svc";
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!();

@@ -1,60 +1,17 @@
 //! The order aggregate: placement, pricing and status transitions.
 
 use events::{
-    CancelOrder, OrderCancellationRequested, OrderCancelled, OrderConfirmed, OrderPlaced, OrderRejected, PlaceOrder,
-    PricedLine, StockReleased, StockReservationFailed, UserRegistered,
+    CancelOrder, OrderCancellationRequested, OrderCancelled, OrderConfirmed, OrderPlaced, OrderRejected, OrderStatus,
+    PlaceOrder, PricedLine, StockReleased, StockReservationFailed, UserRegistered,
 };
 use platform::db::now_ms;
 use platform::{HandlerError, Tx};
 use sqlx::Row;
 
-/// Where an order stands. REJECTED, CONFIRMED (unless cancelled later) and
-/// CANCELLED are where the saga rests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    PaymentDeferred,
-    Confirmed,
-    Cancelling,
-    Rejected,
-    Cancelled,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "PENDING",
-            Status::PaymentDeferred => "PAYMENT_DEFERRED",
-            Status::Confirmed => "CONFIRMED",
-            Status::Cancelling => "CANCELLING",
-            Status::Rejected => "REJECTED",
-            Status::Cancelled => "CANCELLED",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Status> {
-        [
-            Status::Pending,
-            Status::PaymentDeferred,
-            Status::Confirmed,
-            Status::Cancelling,
-            Status::Rejected,
-            Status::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-    }
-
-    /// Waiting for payment (possibly deferred by a gateway outage).
-    fn awaiting_payment(self) -> bool {
-        matches!(self, Status::Pending | Status::PaymentDeferred)
-    }
-}
-
 struct Order {
     order_id: String,
     user_id: String,
-    status: Status,
+    status: OrderStatus,
     total_minor: i64,
     cancel_requested: bool,
     cancel_reason: String,
@@ -74,7 +31,7 @@ async fn load(order_id: &str, tx: &mut Tx) -> Result<Option<Order>, HandlerError
     Ok(Some(Order {
         order_id: row.try_get("order_id")?,
         user_id: row.try_get("user_id")?,
-        status: Status::parse(&status)
+        status: OrderStatus::parse(&status)
             .ok_or_else(|| HandlerError::permanent(format!("order {order_id} has unknown status {status}")))?,
         total_minor: row.try_get("total_minor")?,
         cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
@@ -91,7 +48,7 @@ async fn load_existing(order_id: &str, tx: &mut Tx) -> Result<Order, HandlerErro
 
 /// Compare-and-set on the version: a concurrent change makes this a transient
 /// conflict, retried against the new state.
-async fn update(order: &Order, status: Status, reason: Option<&str>, tx: &mut Tx) -> Result<(), HandlerError> {
+async fn update(order: &Order, status: OrderStatus, reason: Option<&str>, tx: &mut Tx) -> Result<(), HandlerError> {
     let updated = sqlx::query(
         "UPDATE orders SET status = $2, reason = COALESCE($3, reason), cancel_requested = $4,
                 cancel_reason = $5, version = version + 1, updated_at = $6
@@ -130,8 +87,11 @@ pub async fn place_order(command: &PlaceOrder, tx: &mut Tx) -> Result<(), Handle
         problems.insert(0, format!("unknown user {}", command.user_id));
     }
     let total_minor: i64 = lines.iter().map(|l| l.unit_price_minor * l.quantity).sum();
-    let (status, reason) =
-        if problems.is_empty() { (Status::Pending, None) } else { (Status::Rejected, Some(problems.join("; "))) };
+    let (status, reason) = if problems.is_empty() {
+        (OrderStatus::Pending, None)
+    } else {
+        (OrderStatus::Rejected, Some(problems.join("; ")))
+    };
     let now = now_ms();
     sqlx::query(
         "INSERT INTO orders (order_id, user_id, status, total_minor, payment_token, reason,
@@ -198,9 +158,9 @@ pub async fn cancel_order(command: &CancelOrder, tx: &mut Tx) -> Result<(), Hand
     };
     let reason = if command.reason.is_empty() { "cancelled by customer".to_owned() } else { command.reason.clone() };
     match order.status {
-        Status::Confirmed => {
+        OrderStatus::Confirmed => {
             order.cancel_reason = reason.clone();
-            update(&order, Status::Cancelling, None, tx).await?;
+            update(&order, OrderStatus::Cancelling, None, tx).await?;
             tx.emit(OrderCancellationRequested { order_id: order.order_id, user_id: order.user_id, reason });
         }
         // Not paid yet: remember the wish, act on it when the payment settles.
@@ -227,7 +187,7 @@ pub async fn out_of_stock(failed: &StockReservationFailed, tx: &mut Tx) -> Resul
         .map(|l| format!("{} (requested {}, available {})", l.sku, l.requested, l.available))
         .collect();
     let reason = format!("out of stock: {}", short.join(", "));
-    update(&order, Status::Rejected, Some(&reason), tx).await?;
+    update(&order, OrderStatus::Rejected, Some(&reason), tx).await?;
     tx.emit(OrderRejected { order_id: order.order_id, user_id: order.user_id, reason });
     Ok(())
 }
@@ -239,7 +199,7 @@ pub async fn payment_authorized(order_id: &str, tx: &mut Tx) -> Result<(), Handl
     }
     if order.cancel_requested {
         // Cancelled while the payment was in flight: refund instead of confirming.
-        update(&order, Status::Cancelling, None, tx).await?;
+        update(&order, OrderStatus::Cancelling, None, tx).await?;
         tx.emit(OrderCancellationRequested {
             order_id: order.order_id,
             user_id: order.user_id,
@@ -247,15 +207,15 @@ pub async fn payment_authorized(order_id: &str, tx: &mut Tx) -> Result<(), Handl
         });
         return Ok(());
     }
-    update(&order, Status::Confirmed, None, tx).await?;
+    update(&order, OrderStatus::Confirmed, None, tx).await?;
     tx.emit(OrderConfirmed { order_id: order.order_id, user_id: order.user_id, total_minor: order.total_minor });
     Ok(())
 }
 
 pub async fn payment_deferred(order_id: &str, tx: &mut Tx) -> Result<(), HandlerError> {
     let order = load_existing(order_id, tx).await?;
-    if order.status == Status::Pending {
-        update(&order, Status::PaymentDeferred, None, tx).await?;
+    if order.status == OrderStatus::Pending {
+        update(&order, OrderStatus::PaymentDeferred, None, tx).await?;
     }
     Ok(())
 }
@@ -265,12 +225,12 @@ pub async fn payment_deferred(order_id: &str, tx: &mut Tx) -> Result<(), Handler
 pub async fn stock_released(released: &StockReleased, tx: &mut Tx) -> Result<(), HandlerError> {
     let order = load_existing(&released.order_id, tx).await?;
     let refunded = match order.status {
-        Status::Cancelling => true,
+        OrderStatus::Cancelling => true,
         status if status.awaiting_payment() => false,
         _ => return Ok(()),
     };
     let reason = if refunded { order.cancel_reason.clone() } else { released.reason.clone() };
-    update(&order, Status::Cancelled, Some(&reason), tx).await?;
+    update(&order, OrderStatus::Cancelled, Some(&reason), tx).await?;
     sqlx::query("UPDATE orders SET refunded = $2 WHERE order_id = $1")
         .bind(&order.order_id)
         .bind(i64::from(refunded))

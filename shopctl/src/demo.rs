@@ -10,12 +10,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use events::{CreateProduct, Message, OrderLine, RegisterUser};
+use events::{CreateProduct, Message, OrderLine, OrderStatus, RegisterUser};
 
 use crate::broker::{Broker, GroupOffsets, Start};
 use crate::cli::DemoArgs;
 use crate::output::{money, Table};
-use crate::saga::Status;
 use crate::shortcuts::place_order;
 use crate::timeline::{self, Watch};
 use crate::{publish, say, Globals};
@@ -57,15 +56,15 @@ impl Gateway {
 struct Case {
     label: &'static str,
     order_id: String,
-    expected: Status,
+    expected: OrderStatus,
     /// An event the saga must contain besides reaching `expected`.
     must_see: Option<&'static str>,
-    outcome: Option<Status>,
+    outcome: Option<OrderStatus>,
     problem: Option<String>,
 }
 
 impl Case {
-    fn new(label: &'static str, order_id: String, expected: Status) -> Case {
+    fn new(label: &'static str, order_id: String, expected: OrderStatus) -> Case {
         Case { label, order_id, expected, must_see: None, outcome: None, problem: None }
     }
 
@@ -75,11 +74,11 @@ impl Case {
 }
 
 /// The notification kind that ends each outcome's timeline.
-fn notification_kind(status: Status) -> Option<&'static str> {
+fn notification_kind(status: OrderStatus) -> Option<&'static str> {
     match status {
-        Status::Confirmed => Some("confirmed"),
-        Status::Rejected => Some("rejected"),
-        Status::Cancelled => Some("cancelled"),
+        OrderStatus::Confirmed => Some("confirmed"),
+        OrderStatus::Rejected => Some("rejected"),
+        OrderStatus::Cancelled => Some("cancelled"),
         _ => None,
     }
 }
@@ -109,10 +108,10 @@ pub async fn run(globals: &Globals, args: DemoArgs) -> Result<()> {
 
     let line = |sku: &str, quantity: i64| OrderLine { sku: sku.to_owned(), quantity };
     let mut cases = vec![
-        Case::new("(a) confirmed", format!("demo-{run}-a"), Status::Confirmed),
-        Case::new("(b) rejected: out of stock", format!("demo-{run}-b"), Status::Rejected),
-        Case::new("(c) cancelled: payment declined", format!("demo-{run}-c"), Status::Cancelled),
-        Case::new("(d) deferred by a gateway outage, then confirmed", format!("demo-{run}-d"), Status::Confirmed),
+        Case::new("(a) confirmed", format!("demo-{run}-a"), OrderStatus::Confirmed),
+        Case::new("(b) rejected: out of stock", format!("demo-{run}-b"), OrderStatus::Rejected),
+        Case::new("(c) cancelled: payment declined", format!("demo-{run}-c"), OrderStatus::Cancelled),
+        Case::new("(d) deferred by a gateway outage, then confirmed", format!("demo-{run}-d"), OrderStatus::Confirmed),
     ];
     cases[1].must_see = Some("StockReservationFailed");
     cases[2].must_see = Some("PaymentDeclined");
@@ -159,7 +158,7 @@ pub async fn run(globals: &Globals, args: DemoArgs) -> Result<()> {
                 "{} {} ended {} (expected {}){}",
                 c.label,
                 c.order_id,
-                c.outcome.map_or("in no known state", Status::as_str),
+                c.outcome.map_or("in no known state", OrderStatus::as_str),
                 c.expected,
                 c.problem.as_deref().map(|p| format!(": {p}")).unwrap_or_default()
             )
@@ -189,7 +188,7 @@ async fn deferred_case(
     let id = case.order_id.clone();
     let deferred = watch
         .wait_until(deadline, |w| {
-            w.has(&id, "PaymentDeferred").is_some() || w.status(&id).is_some_and(Status::is_terminal)
+            w.has(&id, "PaymentDeferred").is_some() || w.status(&id).is_some_and(OrderStatus::is_terminal)
         })
         .await;
     if watch.has(&id, "PaymentDeferred").is_some() {
@@ -206,7 +205,7 @@ async fn deferred_case(
 /// prints its timeline, and records the outcome.
 async fn finish(watch: &mut Watch, case: &mut Case, deadline: Instant) {
     let id = case.order_id.clone();
-    watch.wait_until(deadline, |w| w.status(&id).is_some_and(Status::is_terminal)).await;
+    watch.wait_until(deadline, |w| w.status(&id).is_some_and(OrderStatus::is_terminal)).await;
     let status = watch.status(&id);
     if let Some(kind) = status.and_then(notification_kind) {
         let settle = deadline.min(Instant::now() + Duration::from_secs(5));

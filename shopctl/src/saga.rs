@@ -2,57 +2,22 @@
 //! the order's status derived from its events, named as order-svc names them
 //! (PENDING, PAYMENT_DEFERRED, CONFIRMED, CANCELLING, REJECTED, CANCELLED).
 
-use events::{Message, OrderLine};
+use events::{Message, OrderLine, OrderStatus};
 
 use crate::output::{money, rfc3339_ms};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    PaymentDeferred,
-    Confirmed,
-    Cancelling,
-    Rejected,
-    Cancelled,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "PENDING",
-            Status::PaymentDeferred => "PAYMENT_DEFERRED",
-            Status::Confirmed => "CONFIRMED",
-            Status::Cancelling => "CANCELLING",
-            Status::Rejected => "REJECTED",
-            Status::Cancelled => "CANCELLED",
-        }
-    }
-
-    /// Where the saga rests. CONFIRMED counts as terminal: a later cancellation
-    /// shows up as OrderCancellationRequested, which makes the status CANCELLING.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Confirmed | Status::Rejected | Status::Cancelled)
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// The status an order's events imply, whatever order they are read in: each
 /// event proves the saga got at least that far, and later stages win.
-pub fn status<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Option<Status> {
-    let mut rank: Option<(u8, Status)> = None;
+pub fn status<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Option<OrderStatus> {
+    let mut rank: Option<(u8, OrderStatus)> = None;
     for message in messages {
         let reached = match message {
-            Message::OrderCancelled(_) => (6, Status::Cancelled),
-            Message::OrderRejected(_) => (5, Status::Rejected),
-            Message::OrderCancellationRequested(_) => (4, Status::Cancelling),
-            Message::OrderConfirmed(_) => (3, Status::Confirmed),
-            Message::PaymentDeferred(_) => (2, Status::PaymentDeferred),
-            Message::PlaceOrder(_) | Message::OrderPlaced(_) => (1, Status::Pending),
+            Message::OrderCancelled(_) => (6, OrderStatus::Cancelled),
+            Message::OrderRejected(_) => (5, OrderStatus::Rejected),
+            Message::OrderCancellationRequested(_) => (4, OrderStatus::Cancelling),
+            Message::OrderConfirmed(_) => (3, OrderStatus::Confirmed),
+            Message::PaymentDeferred(_) => (2, OrderStatus::PaymentDeferred),
+            Message::PlaceOrder(_) | Message::OrderPlaced(_) => (1, OrderStatus::Pending),
             _ => continue,
         };
         if rank.is_none_or(|(r, _)| reached.0 > r) {
@@ -137,14 +102,14 @@ mod tests {
     fn later_stages_win_whatever_the_reading_order() {
         let deferred: Message = PaymentDeferred { order_id: "o".into(), reason: "r".into(), deadline_ms: 0 }.into();
         let confirmed: Message = OrderConfirmed { order_id: "o".into(), user_id: "u".into(), total_minor: 1 }.into();
-        assert_eq!(status([&placed()]), Some(Status::Pending));
-        assert_eq!(status([&placed(), &deferred]), Some(Status::PaymentDeferred));
-        assert_eq!(status([&confirmed, &deferred, &placed()]), Some(Status::Confirmed));
+        assert_eq!(status([&placed()]), Some(OrderStatus::Pending));
+        assert_eq!(status([&placed(), &deferred]), Some(OrderStatus::PaymentDeferred));
+        assert_eq!(status([&confirmed, &deferred, &placed()]), Some(OrderStatus::Confirmed));
         let cancel: Message =
             OrderCancellationRequested { order_id: "o".into(), user_id: "u".into(), reason: "r".into() }.into();
         let cancelling = status([&placed(), &confirmed, &cancel]);
-        assert_eq!(cancelling, Some(Status::Cancelling));
-        assert!(!Status::Cancelling.is_terminal());
+        assert_eq!(cancelling, Some(OrderStatus::Cancelling));
+        assert!(!OrderStatus::Cancelling.is_terminal());
         assert_eq!(status(std::iter::empty()), None);
     }
 }

@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use events::{Envelope, Message};
+use events::{Envelope, Message, OrderStatus};
 use serde_json::Value;
 
 use crate::broker::{Broker, Reader, Record, Start};
 use crate::output::{cut, human, rfc3339_ms};
-use crate::saga::{self, Status};
+use crate::saga;
 use crate::{say, Globals};
 
 /// One envelope of a saga, as read from a topic.
@@ -70,7 +70,7 @@ fn sort(events: &mut [Event]) {
 }
 
 /// The status the events imply.
-pub fn status(events: &[Event]) -> Option<Status> {
+pub fn status(events: &[Event]) -> Option<OrderStatus> {
     saga::status(events.iter().filter_map(|e| e.message.as_ref()))
 }
 
@@ -145,7 +145,7 @@ pub async fn run(globals: &Globals, order_id: &str, follow: bool, timeout: Durat
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let current = watch.status(order_id).map_or("unknown", Status::as_str);
+            let current = watch.status(order_id).map_or("unknown", OrderStatus::as_str);
             bail!("order {order_id} is still {current} after {}: no terminal state yet", human(timeout));
         }
         if let Some((_, event)) = watch.poll(left.min(Duration::from_millis(500))).await {
@@ -206,7 +206,7 @@ impl Watch {
         self.events.get(correlation_id).map(Vec::as_slice).unwrap_or_default()
     }
 
-    pub fn status(&self, order_id: &str) -> Option<Status> {
+    pub fn status(&self, order_id: &str) -> Option<OrderStatus> {
         status(self.events(order_id))
     }
 
