@@ -112,6 +112,7 @@ impl App {
                 max_elapsed: config.retry_max_elapsed,
             },
             chaos_crash_after_commit: config.chaos_crash_after_commit,
+            stall_after: config.consumer_stall_after,
         };
         let (db, producer, relay, handler) =
             (self.db.clone(), self.producer.clone(), self.relay.clone(), Arc::new(handler));

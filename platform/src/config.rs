@@ -75,6 +75,12 @@ pub struct PlatformConfig {
     #[arg(long, env = "CHAOS_CRASH_AFTER_COMMIT", default_value_t = 0.0)]
     pub chaos_crash_after_commit: f64,
 
+    /// How long records may wait for the consumer group, with none arriving and
+    /// the committed offsets standing still, before the consumer leaves and joins
+    /// the group again (checked at this interval, so it trips after 1-2 of them).
+    #[arg(long, env = "CONSUMER_STALL_AFTER", default_value = "45s", value_parser = humantime::parse_duration)]
+    pub consumer_stall_after: Duration,
+
     /// Database connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
     pub database_max_connections: u32,

@@ -81,6 +81,8 @@ pub struct ConsumerSettings {
     pub retry: RetryPolicy,
     /// See `PlatformConfig::chaos_crash_after_commit`.
     pub chaos_crash_after_commit: f64,
+    /// See `PlatformConfig::consumer_stall_after`.
+    pub stall_after: Duration,
 }
 
 /// Channel depth per partition worker: enough to keep a worker busy between
@@ -101,12 +103,6 @@ struct Worker<H> {
 
 type GroupConsumer = StreamConsumer<GroupContext>;
 
-/// How long records may wait on the broker for this group, with none arriving
-/// and the group's committed offsets not moving, before the consumer leaves and
-/// joins the group again. Well past a rebalance, so only a wedged membership
-/// (seen with Tansu after restarts) trips it.
-const STALL_AFTER: Duration = Duration::from_secs(45);
-
 /// Runs until `shutdown`, then finishes the record each partition is on, and
 /// commits the stored offsets. A consumer found stalled is replaced by a new one.
 pub async fn run<H: Handler>(
@@ -124,7 +120,7 @@ pub async fn run<H: Handler>(
             Ended::Stalled(waiting) => {
                 metrics::counter!("consumer_rejoins_total", "service" => settings.service).increment(1);
                 tracing::error!(
-                    group = %settings.group_id, ?waiting, after = ?STALL_AFTER,
+                    group = %settings.group_id, ?waiting, after = ?settings.stall_after,
                     "consumer stalled: records wait for this group and none arrive; joining again"
                 );
             }
@@ -165,7 +161,8 @@ async fn session<H: Handler>(
     let stop = shutdown.child_token();
     let mut partitions: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
     let mut tasks = JoinSet::new();
-    let mut stall_check = tokio::time::interval(STALL_AFTER);
+    // Well past a rebalance by default, so only a wedged membership trips it.
+    let mut stall_check = tokio::time::interval(worker.settings.stall_after);
     stall_check.reset();
     let mut received_since_check = false;
     let mut waiting_at_check: Option<Vec<String>> = None;

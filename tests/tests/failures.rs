@@ -475,3 +475,46 @@ async fn replay_after_the_fix_completes_the_order_and_twice_is_a_no_op(backend: 
     assert_eq!(headers.get("event_type"), Some("OrderPlaced"), "original headers kept");
     stack.stop().await;
 }
+
+/// The consumer watchdog, against a membership Tansu never repairs: a static
+/// member that vanished without leaving still holds partitions of user-svc's
+/// group, so commands on them wait and none arrive. The watchdog must notice,
+/// say which partitions wait, and join again (which cannot cure this one: the
+/// point is that a wedged consumer is loud, not silent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_that_receives_nothing_while_records_wait_rejoins() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let options = saga_tests::stack::Options {
+        platform: |config| config.consumer_stall_after = Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mut stack = Stack::start_with_options(Backend::Sqlite, options).await;
+    stack.stop_service("user-svc").await;
+    let ghost: BaseConsumer = platform::kafka::consumer_config(&stack.broker.addr, "user-svc", Some("ghost-1"))
+        .create()
+        .expect("ghost consumer");
+    ghost.subscribe(&[events::topics::USER_COMMANDS]).expect("subscribe");
+    let joined = Instant::now();
+    while ghost.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(joined.elapsed() < SAGA, "the ghost never got partitions");
+        let _ = ghost.poll(Duration::from_millis(100));
+    }
+    drop(ghost); // a static member leaves no LeaveGroup behind
+    stack.start_service("user-svc").await;
+    for i in 0..12 {
+        let user_id = format!("wedged-{i}");
+        let email = format!("{user_id}@example.com");
+        stack.publish(events::RegisterUser { user_id, email, name: "Wedged".into() }).await;
+    }
+    eventually("the watchdog noticed", SAGA, || async {
+        let (_, metrics) = stack.http_get("user-svc", "/metrics").await;
+        let rejoins = metric(&metrics, "consumer_rejoins_total", "user-svc");
+        if rejoins >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("consumer_rejoins_total {rejoins}"))
+        }
+    })
+    .await;
+    stack.stop().await;
+}
