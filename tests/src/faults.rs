@@ -119,6 +119,9 @@ pub async fn run(plan: &FaultPlan) -> Report {
         ("PAYMENT_DEADLINE".to_owned(), "120s".to_owned()),
         ("GATEWAY_TIMEOUT".to_owned(), "500ms".to_owned()),
         ("RETRY_MAX_ELAPSED".to_owned(), "60s".to_owned()),
+        // Within the settle time, a consumer wedged by the faults gets several
+        // chances to rejoin (the fault logs then say "consumer stalled").
+        ("CONSUMER_STALL_AFTER".to_owned(), "15s".to_owned()),
     ];
     let mut stack = ProcessStack::start(plan.backend, plan.profile, env).await;
     let producer = platform::kafka::producer(&stack.broker.addr).expect("producer");
