@@ -231,6 +231,25 @@ impl Stack {
         ))
     }
 
+    /// Waits until a SKU's stock in inventory-svc is `expected`:
+    /// (available, reserved, sold, received).
+    pub async fn wait_stock(&mut self, sku: &str, expected: (i64, i64, i64, i64), within: Duration) {
+        let db = self.db("inventory-svc").await;
+        eventually(&format!("stock of {sku} (available, reserved, sold, received)"), within, || {
+            let db = db.clone();
+            async move {
+                let row: (i64, i64, i64, i64) =
+                    sqlx::query_as("SELECT available, reserved, sold, received FROM stock WHERE sku = $1")
+                        .bind(sku)
+                        .fetch_one(db.pool())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                expect_eq("stock", row, expected)
+            }
+        })
+        .await;
+    }
+
     pub async fn ledger(&self) -> Ledger {
         let url = format!("{}/ledger", self.gateway_url);
         self.client.get(url).send().await.expect("ledger").json().await.expect("ledger json")

@@ -203,18 +203,7 @@ async fn gateway_outage_defers_then_confirms_each_order_once(backend: Backend) {
     let ledger = stack.ledger().await;
     assert_charged_once(&ledger, 6);
     stack.wait_outboxes_drained().await;
-    let db = stack.db("inventory-svc").await;
-    eventually("stock committed", SAGA, || {
-        let db = db.clone();
-        async move {
-            let sold: i64 = sqlx::query_scalar("SELECT sold FROM stock WHERE sku = 'SKU-PEN'")
-                .fetch_one(db.pool())
-                .await
-                .map_err(|e| e.to_string())?;
-            expect_eq("sold", sold, 12)
-        }
-    })
-    .await;
+    stack.wait_stock("SKU-PEN", (88, 0, 12, 100), SAGA).await;
     stack.stop().await;
 }
 
@@ -336,19 +325,8 @@ async fn redelivered_events_change_nothing(backend: Backend) {
     let ledger = stack.ledger().await;
     assert_eq!(ledger.charges.get("order-dup").map(|c| c.calls), Some(1), "charged once");
     assert_eq!(ledger.refunds.get("refund:order-dup").map(|c| c.calls), Some(1), "refunded once");
-    let db = stack.db("inventory-svc").await;
-    eventually("only the marker's unit is sold", SAGA, || {
-        let db = db.clone();
-        async move {
-            let row: (i64, i64, i64, i64) =
-                sqlx::query_as("SELECT available, reserved, sold, received FROM stock WHERE sku = 'SKU-PEN'")
-                    .fetch_one(db.pool())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            expect_eq("stock", row, (99, 0, 1, 100))
-        }
-    })
-    .await;
+    // Only the marker's unit is sold.
+    stack.wait_stock("SKU-PEN", (99, 0, 1, 100), SAGA).await;
     assert_eq!(stack.order_status("order-dup").await.as_deref(), Some("CANCELLED"));
     let after = notification_count(&mut stack).await;
     assert_eq!(after, notified + 1, "only the marker order notified");
@@ -429,19 +407,7 @@ async fn replay_after_the_fix_completes_the_order_and_twice_is_a_no_op(backend: 
     inventory.pool().execute("ALTER TABLE reservations_away RENAME TO reservations").await.expect("rename back");
     shopctl(&stack, &["dlq", "replay", "inventory-svc"]).await;
     stack.wait_order("order-replay", "CONFIRMED", SAGA).await;
-    let db = stack.db("inventory-svc").await;
-    eventually("stock sold", SAGA, || {
-        let db = db.clone();
-        async move {
-            let row: (i64, i64, i64) =
-                sqlx::query_as("SELECT available, reserved, sold FROM stock WHERE sku = 'SKU-PEN'")
-                    .fetch_one(db.pool())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            expect_eq("stock", row, (96, 0, 4))
-        }
-    })
-    .await;
+    stack.wait_stock("SKU-PEN", (96, 0, 4, 100), SAGA).await;
 
     // The same replay again changes nothing: the inbox knows the event.
     shopctl(&stack, &["dlq", "replay", "inventory-svc"]).await;
@@ -449,19 +415,8 @@ async fn replay_after_the_fix_completes_the_order_and_twice_is_a_no_op(backend: 
     stack.wait_order("order-marker", "CONFIRMED", SAGA).await;
     stack.wait_outboxes_drained().await;
     // The marker's unit is committed by inventory-svc after the confirmation.
-    let db = stack.db("inventory-svc").await;
-    eventually("marker's unit sold, nothing else moved", SAGA, || {
-        let db = db.clone();
-        async move {
-            let row: (i64, i64, i64) =
-                sqlx::query_as("SELECT available, reserved, sold FROM stock WHERE sku = 'SKU-PEN'")
-                    .fetch_one(db.pool())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            expect_eq("stock", row, (95, 0, 5))
-        }
-    })
-    .await;
+    // The marker's unit sold, nothing else moved.
+    stack.wait_stock("SKU-PEN", (95, 0, 5, 100), SAGA).await;
     let ledger = stack.ledger().await;
     assert_eq!(ledger.charges.get("order-replay").map(|c| c.calls), Some(1), "charged once");
     let replays = stack.read_topic("inventory-svc.replay").await;

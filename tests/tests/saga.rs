@@ -49,23 +49,6 @@ async fn wait_notified(stack: &mut Stack, order_id: &str, expected: &[(&str, &st
     .await;
 }
 
-async fn wait_stock(stack: &mut Stack, sku: &str, expected: (i64, i64, i64, i64)) {
-    let db = stack.db("inventory-svc").await;
-    eventually(&format!("stock of {sku} (available, reserved, sold, received)"), SAGA, || {
-        let db = db.clone();
-        async move {
-            let row: (i64, i64, i64, i64) =
-                sqlx::query_as("SELECT available, reserved, sold, received FROM stock WHERE sku = $1")
-                    .bind(sku)
-                    .fetch_one(db.pool())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            expect_eq("stock", row, expected)
-        }
-    })
-    .await;
-}
-
 async fn wait_reservation(stack: &mut Stack, order_id: &str, status: &str) {
     let db = stack.db("inventory-svc").await;
     eventually(&format!("reservation of {order_id} is {status}"), SAGA, || {
@@ -97,7 +80,7 @@ async fn confirmed_order_is_charged_and_stock_sold(backend: Backend) {
     assert_eq!(total, Some(2500));
     // inventory-svc: reserved, then committed as sold.
     wait_reservation(&mut stack, "order-1", "COMMITTED").await;
-    wait_stock(&mut stack, "SKU-MUG", (8, 0, 2, 10)).await;
+    stack.wait_stock("SKU-MUG", (8, 0, 2, 10), SAGA).await;
     // payment-svc: one authorised payment, and the gateway charged once.
     let payment = stack.scalar_text("payment-svc", "SELECT status FROM payments WHERE order_id = $1", "order-1").await;
     assert_eq!(payment.as_deref(), Some("AUTHORIZED"));
@@ -131,8 +114,8 @@ async fn out_of_stock_order_is_rejected(backend: Backend) {
     assert!(reason.contains("out of stock") && reason.contains("SKU-LAMP"), "reason: {reason}");
     // All or nothing: the bulbs that were available were not kept either.
     wait_reservation(&mut stack, "order-2", "FAILED").await;
-    wait_stock(&mut stack, "SKU-LAMP", (1, 0, 0, 1)).await;
-    wait_stock(&mut stack, "SKU-BULB", (50, 0, 0, 50)).await;
+    stack.wait_stock("SKU-LAMP", (1, 0, 0, 1), SAGA).await;
+    stack.wait_stock("SKU-BULB", (50, 0, 0, 50), SAGA).await;
     // Never charged.
     let payments =
         stack.scalar_i64("payment-svc", "SELECT COUNT(*) FROM payments WHERE order_id = $1", "order-2").await;
@@ -163,7 +146,7 @@ async fn declined_payment_releases_stock_and_cancels(backend: Backend) {
     let reason = stack.scalar_text("order-svc", "SELECT reason FROM orders WHERE order_id = $1", "order-4").await;
     assert!(reason.unwrap_or_default().contains("card declined"));
     wait_reservation(&mut stack, "order-4", "RELEASED").await;
-    wait_stock(&mut stack, "SKU-DESK", (3, 0, 0, 3)).await;
+    stack.wait_stock("SKU-DESK", (3, 0, 0, 3), SAGA).await;
     let payment = stack.scalar_text("payment-svc", "SELECT status FROM payments WHERE order_id = $1", "order-4").await;
     assert_eq!(payment.as_deref(), Some("DECLINED"));
     let ledger = stack.ledger().await;
@@ -180,7 +163,7 @@ async fn cancel_after_confirmation_refunds_and_releases(backend: Backend) {
 
     stack.place_order("order-5", "dave", &[("SKU-CHAIR", 2)], "tok_visa").await;
     stack.wait_order("order-5", "CONFIRMED", SAGA).await;
-    wait_stock(&mut stack, "SKU-CHAIR", (3, 0, 2, 5)).await;
+    stack.wait_stock("SKU-CHAIR", (3, 0, 2, 5), SAGA).await;
 
     stack.publish(CancelOrder { order_id: "order-5".into(), reason: "changed my mind".into() }).await;
     stack.wait_order("order-5", "CANCELLED", SAGA).await;
@@ -194,7 +177,7 @@ async fn cancel_after_confirmation_refunds_and_releases(backend: Backend) {
     assert_eq!(ledger.refunds.len(), 1, "refunded once");
     assert_eq!(ledger.refunds.get("refund:order-5").map(|r| r.amount_minor), Some(15000));
     wait_reservation(&mut stack, "order-5", "RELEASED").await;
-    wait_stock(&mut stack, "SKU-CHAIR", (5, 0, 0, 5)).await;
+    stack.wait_stock("SKU-CHAIR", (5, 0, 0, 5), SAGA).await;
     wait_notified(&mut stack, "order-5", &[("confirmed", "dave@example.com"), ("cancelled", "dave@example.com")]).await;
     // Cancelling again changes nothing.
     stack.publish(CancelOrder { order_id: "order-5".into(), reason: "again".into() }).await;
@@ -248,7 +231,7 @@ async fn two_hundred_orders_for_fifty_units(backend: Backend) {
         .await
         .expect("count");
     assert_eq!(confirmed, 50, "exactly the stock is sold");
-    wait_stock(&mut stack, "SKU-HOT", (0, 0, 50, 50)).await;
+    stack.wait_stock("SKU-HOT", (0, 0, 50, 50), SAGA).await;
     let inventory = stack.db("inventory-svc").await;
     let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reservations WHERE status = 'COMMITTED'")
         .fetch_one(inventory.pool())
