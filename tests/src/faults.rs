@@ -176,6 +176,16 @@ pub async fn run(plan: &FaultPlan) -> Report {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    // The consumer watchdog's interventions, from the service logs.
+    for entry in std::fs::read_dir(stack.log_dir()).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let stalls = text.lines().filter(|l| l.contains("consumer stalled")).count();
+        if stalls > 0 {
+            report
+                .timeline
+                .push(format!("{} consumer stalled and rejoined x{stalls}", entry.file_name().to_string_lossy()));
+        }
+    }
     if report.failed() {
         let kept =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/fault-logs/seed-{}", plan.seed));
