@@ -204,10 +204,14 @@ pub async fn run(plan: &FaultPlan) -> Report {
 /// output, this is what tells a failure's story.
 fn print_log_tail(path: &std::path::Path) {
     let Ok(text) = std::fs::read_to_string(path) else { return };
-    let notable: Vec<&str> =
-        text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("consuming")).collect();
-    println!("--- {} ({} lines, last warnings and errors):", path.display(), text.lines().count());
-    for line in &notable[notable.len().saturating_sub(15)..] {
+    let notable: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["WARN", "ERROR", "consuming", "partitions assigned", "partitions revoked"].iter().any(|k| l.contains(k))
+        })
+        .collect();
+    println!("--- {} ({} lines, last warnings, errors and rebalances):", path.display(), text.lines().count());
+    for line in &notable[notable.len().saturating_sub(20)..] {
         println!("    {}", line.chars().take(300).collect::<String>());
     }
 }
