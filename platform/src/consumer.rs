@@ -184,7 +184,7 @@ async fn session<H: Handler>(
                 continue;
             }
         };
-        let record = match received {
+        let mut record = match received {
             Ok(record) => record,
             Err(error) => {
                 tracing::warn!(%error, "consumer error");
@@ -194,7 +194,6 @@ async fn session<H: Handler>(
         };
         received_since_check = true;
         let key = (record.topic().to_owned(), record.partition());
-        let mut record = record;
         loop {
             let queue = partitions.entry(key.clone()).or_insert_with(|| {
                 let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);

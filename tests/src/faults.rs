@@ -176,24 +176,27 @@ pub async fn run(plan: &FaultPlan) -> Report {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    // The consumer watchdog's interventions, from the service logs.
+    // Each service log, read once: the consumer watchdog's interventions always;
+    // on failure, a copy kept and the tail printed.
+    let kept =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/fault-logs/seed-{}", plan.seed));
+    if report.failed() {
+        let _ = std::fs::create_dir_all(&kept);
+    }
     for entry in std::fs::read_dir(stack.log_dir()).into_iter().flatten().flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(entry.path()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
         let stalls = text.lines().filter(|l| l.contains("consumer stalled")).count();
         if stalls > 0 {
-            report
-                .timeline
-                .push(format!("{} consumer stalled and rejoined x{stalls}", entry.file_name().to_string_lossy()));
+            report.timeline.push(format!("{name} consumer stalled and rejoined x{stalls}"));
+        }
+        if report.failed() {
+            let _ = std::fs::write(kept.join(&name), &bytes);
+            print_log_tail(&name, &text);
         }
     }
     if report.failed() {
-        let kept =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/fault-logs/seed-{}", plan.seed));
-        let _ = std::fs::create_dir_all(&kept);
-        for entry in std::fs::read_dir(stack.log_dir()).into_iter().flatten().flatten() {
-            let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
-            print_log_tail(&entry.path());
-        }
         println!("service logs kept in {}", kept.display());
     }
     stack.stop().await;
@@ -202,15 +205,14 @@ pub async fn run(plan: &FaultPlan) -> Report {
 
 /// The last warnings and errors of a service log: where CI keeps only the test's
 /// output, this is what tells a failure's story.
-fn print_log_tail(path: &std::path::Path) {
-    let Ok(text) = std::fs::read_to_string(path) else { return };
+fn print_log_tail(name: &str, text: &str) {
     let notable: Vec<&str> = text
         .lines()
         .filter(|l| {
             ["WARN", "ERROR", "consuming", "partitions assigned", "partitions revoked"].iter().any(|k| l.contains(k))
         })
         .collect();
-    println!("--- {} ({} lines, last warnings, errors and rebalances):", path.display(), text.lines().count());
+    println!("--- {name} ({} lines, last warnings, errors and rebalances):", text.lines().count());
     for line in &notable[notable.len().saturating_sub(20)..] {
         println!("    {}", line.chars().take(300).collect::<String>());
     }

@@ -14,7 +14,6 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::Row;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -218,17 +217,7 @@ impl Stack {
     /// (available, reserved, sold, received) of a SKU in inventory-svc.
     pub async fn stock(&mut self, sku: &str) -> Option<(i64, i64, i64, i64)> {
         let db = self.db("inventory-svc").await;
-        let row = sqlx::query("SELECT available, reserved, sold, received FROM stock WHERE sku = $1")
-            .bind(sku)
-            .fetch_optional(db.pool())
-            .await
-            .expect("query stock")?;
-        Some((
-            row.try_get(0).expect("available"),
-            row.try_get(1).expect("reserved"),
-            row.try_get(2).expect("sold"),
-            row.try_get(3).expect("received"),
-        ))
+        stock_of(&db, sku).await.expect("query stock")
     }
 
     /// Waits until a SKU's stock in inventory-svc is `expected`:
@@ -238,13 +227,8 @@ impl Stack {
         eventually(&format!("stock of {sku} (available, reserved, sold, received)"), within, || {
             let db = db.clone();
             async move {
-                let row: (i64, i64, i64, i64) =
-                    sqlx::query_as("SELECT available, reserved, sold, received FROM stock WHERE sku = $1")
-                        .bind(sku)
-                        .fetch_one(db.pool())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                expect_eq("stock", row, expected)
+                let row = stock_of(&db, sku).await.map_err(|e| e.to_string())?;
+                expect_eq("stock", row, Some(expected))
             }
         })
         .await;
@@ -363,6 +347,14 @@ impl Stack {
         }
         self.dbs.drop_all().await;
     }
+}
+
+/// (available, reserved, sold, received) of a SKU in inventory-svc's database.
+async fn stock_of(db: &Db, sku: &str) -> Result<Option<(i64, i64, i64, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT available, reserved, sold, received FROM stock WHERE sku = $1")
+        .bind(sku)
+        .fetch_optional(db.pool())
+        .await
 }
 
 /// Every record of `topic` on the broker at `brokers`, up to its current end.

@@ -414,8 +414,8 @@ async fn replay_after_the_fix_completes_the_order_and_twice_is_a_no_op(backend: 
     stack.place_order("order-marker", "ann", &[("SKU-PEN", 1)], "tok_visa").await;
     stack.wait_order("order-marker", "CONFIRMED", SAGA).await;
     stack.wait_outboxes_drained().await;
-    // The marker's unit is committed by inventory-svc after the confirmation.
-    // The marker's unit sold, nothing else moved.
+    // The marker's unit sold (inventory-svc commits it after the confirmation),
+    // nothing else moved.
     stack.wait_stock("SKU-PEN", (95, 0, 5, 100), SAGA).await;
     let ledger = stack.ledger().await;
     assert_eq!(ledger.charges.get("order-replay").map(|c| c.calls), Some(1), "charged once");
