@@ -113,6 +113,7 @@ impl App {
             },
             chaos_crash_after_commit: config.chaos_crash_after_commit,
             stall_after: config.consumer_stall_after,
+            fetch_wait_max: config.kafka_fetch_wait_max,
         };
         let (db, producer, relay, handler) =
             (self.db.clone(), self.producer.clone(), self.relay.clone(), Arc::new(handler));

@@ -36,6 +36,13 @@ pub struct PlatformConfig {
     #[arg(long, env = "GROUP_INSTANCE_ID")]
     pub group_instance_id: Option<String>,
 
+    /// Longest time a consumer's fetch waits on the broker for records to arrive.
+    /// Apache Kafka answers as soon as a record is there, so this only bounds idle
+    /// fetches. Tansu 0.6 holds every fetch for the whole wait, adding it to every
+    /// hop of the saga: use 10ms there (scripts/run-local.sh and the tests do).
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MAX", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub kafka_fetch_wait_max: Duration,
+
     /// Partitions for topics this service creates if they are missing.
     #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 3)]
     pub topic_partitions: i32,

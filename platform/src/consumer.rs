@@ -83,6 +83,8 @@ pub struct ConsumerSettings {
     pub chaos_crash_after_commit: f64,
     /// See `PlatformConfig::consumer_stall_after`.
     pub stall_after: Duration,
+    /// See `PlatformConfig::kafka_fetch_wait_max`.
+    pub fetch_wait_max: Duration,
 }
 
 /// Channel depth per partition worker: enough to keep a worker busy between
@@ -144,8 +146,13 @@ async fn session<H: Handler>(
 ) -> Result<Ended, Error> {
     let context = GroupContext { group_id: settings.group_id.clone() };
     let consumer: Arc<GroupConsumer> = Arc::new(
-        kafka::consumer_config(&settings.brokers, &settings.group_id, settings.group_instance_id.as_deref())
-            .create_with_context(context)?,
+        kafka::consumer_config(
+            &settings.brokers,
+            &settings.group_id,
+            settings.group_instance_id.as_deref(),
+            settings.fetch_wait_max,
+        )
+        .create_with_context(context)?,
     );
     // Besides its inputs, each service reads its own replay topic, where replayed
     // dead letters arrive for it alone.

@@ -61,7 +61,13 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, Error> {
 /// A consumer in `group_id` that never stores offsets on its own: the consumer
 /// loop stores each offset after the record's effects are durable, and the
 /// background auto-commit sends only stored offsets.
-pub fn consumer_config(brokers: &str, group_id: &str, instance_id: Option<&str>) -> ClientConfig {
+/// `fetch_wait_max`: see `PlatformConfig::kafka_fetch_wait_max`.
+pub fn consumer_config(
+    brokers: &str,
+    group_id: &str,
+    instance_id: Option<&str>,
+    fetch_wait_max: Duration,
+) -> ClientConfig {
     let mut config = client_config(brokers);
     if let Some(instance_id) = instance_id {
         config.set("group.instance.id", instance_id);
@@ -74,11 +80,7 @@ pub fn consumer_config(brokers: &str, group_id: &str, instance_id: Option<&str>)
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        // Tansu 0.6 holds every fetch for the whole wait, even when records are
-        // ready, so this is added to every hop of the saga (up to twice, when a
-        // record lands just after a fetch began). 10 ms keeps a hop short at the
-        // cost of a few hundred near-empty fetches a second per service.
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", fetch_wait_max.as_millis().to_string());
     config
 }
 

@@ -1,5 +1,5 @@
 //! shopctl end to end: the real binary (`CARGO_BIN_EXE_shopctl`) run as a child
-//! process against a real Tansu broker, and against the six real services
+//! process against a real broker (Tansu when `TEST_BROKER` selects it, else Kafka), and against the six real services
 //! (saga_tests::Stack) where the effect has to show up in a service's database.
 
 use std::io::Write;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use events::PriceChanged;
 use platform::kafka::HeaderList;
-use saga_tests::{Backend, Broker, Stack};
+use saga_tests::{Backend, Broker, BrokerKind, Stack, Target};
 use shopctl::broker::{Broker as Kafka, GroupOffsets, Reader, Start};
 
 const SAGA: Duration = Duration::from_secs(90);
@@ -89,7 +89,7 @@ macro_rules! wait_until {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_ndjson_is_rejected_naming_line_and_field_and_nothing_is_sent() {
-    let broker = Broker::memory().await;
+    let broker = Broker::scratch(BrokerKind::any()).await;
     assert!(shopctl(&broker.addr, &["topics", "create"], None).await.ok());
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("users.ndjson");
@@ -133,7 +133,7 @@ async fn invalid_ndjson_is_rejected_naming_line_and_field_and_nothing_is_sent() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_event_types_list_the_known_ones() {
-    let broker = Broker::memory().await;
+    let broker = Broker::scratch(BrokerKind::any()).await;
     assert!(shopctl(&broker.addr, &["topics", "create"], None).await.ok());
     let run = shopctl(&broker.addr, &["publish", "--type", "ShipOrder", "--payload", "{}"], None).await;
     assert_eq!(run.code, Some(1));
@@ -157,7 +157,7 @@ async fn unknown_event_types_list_the_known_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_order_lines_are_refused_with_the_flag_quoted() {
-    let broker = Broker::memory().await;
+    let broker = Broker::scratch(BrokerKind::any()).await;
     assert!(shopctl(&broker.addr, &["topics", "create"], None).await.ok());
     let place = |line: &'static str| {
         ["order", "place", "--user", "u1", "--line", "TEE:1", "--line", line, "--token", "tok_visa"]
@@ -218,7 +218,7 @@ async fn schema_export_writes_the_committed_schemas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ndjson_on_stdin_reaches_the_services() {
-    let mut stack = Stack::start(Backend::Sqlite).await;
+    let mut stack = Stack::start(Target::new(BrokerKind::any(), Backend::Sqlite)).await;
     let brokers = stack.broker.addr.clone();
     let input = concat!(
         "{\"user_id\":\"ann\",\"email\":\"ann@example.com\",\"name\":\"Ann\"}\n",
@@ -253,7 +253,7 @@ async fn ndjson_on_stdin_reaches_the_services() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timeline_of_a_confirmed_order() {
-    let mut stack = Stack::start(Backend::Sqlite).await;
+    let mut stack = Stack::start(Target::new(BrokerKind::any(), Backend::Sqlite)).await;
     let brokers = stack.broker.addr.clone();
     stack.register_user("tina").await;
     stack.create_product("MUG", 1250, 10).await;
@@ -321,7 +321,7 @@ async fn timeline_of_a_confirmed_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_letters_are_listed_inspected_and_replayed() {
-    let mut stack = Stack::start(Backend::Sqlite).await;
+    let mut stack = Stack::start(Target::new(BrokerKind::any(), Backend::Sqlite)).await;
     let brokers = stack.broker.addr.clone();
 
     // A poison record: not even JSON. order-svc dead-letters it as permanent.
@@ -405,7 +405,7 @@ async fn dead_letters_are_listed_inspected_and_replayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn demo_check_passes_against_a_running_system() {
-    let stack = Stack::start(Backend::Sqlite).await;
+    let stack = Stack::start(Target::new(BrokerKind::any(), Backend::Sqlite)).await;
     let run = shopctl(
         &stack.broker.addr,
         &["demo", "--check", "--gateway-url", &stack.gateway_url, "--timeout", "120s"],

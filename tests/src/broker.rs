@@ -1,19 +1,72 @@
-//! A Tansu broker process on a free loopback port. Built once by
-//! `scripts/tansu.sh`; found through `TANSU_BIN`, `.tools/bin/tansu`, or `PATH`.
+//! The broker under test, as child processes on free loopback ports: Apache Kafka
+//! 4.4 (the jars and settings of `scripts/kafka.sh`: one node, or a cluster of
+//! three or more) or Tansu 0.6 (`scripts/tansu.sh`). Every test that runs the saga
+//! names its broker; `BrokerKind::any` picks one for tests about something else.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
 
-pub struct Broker {
-    child: Option<Child>,
-    pub addr: String,
-    storage: String,
-    /// Tansu resolves sqlite:// paths against its working directory.
-    dir: Option<PathBuf>,
+/// Which Kafka-protocol broker a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// Apache Kafka, the broker the system is proven on.
+    Kafka,
+    /// Tansu, the embedded default of the local system.
+    Tansu,
+}
+
+impl BrokerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerKind::Kafka => "kafka",
+            BrokerKind::Tansu => "tansu",
+        }
+    }
+
+    /// The consumers' `KAFKA_FETCH_WAIT_MAX` for this broker: Kafka answers a fetch
+    /// as soon as a record is there, so the default stands; Tansu 0.6 holds every
+    /// fetch for the whole wait, so it must be short there.
+    pub fn fetch_wait_max(self) -> Duration {
+        match self {
+            BrokerKind::Kafka => Duration::from_millis(500),
+            BrokerKind::Tansu => Duration::from_millis(10),
+        }
+    }
+
+    /// The brokers `TEST_BROKER` (`kafka`, `tansu` or `both`, the default) selects.
+    pub fn selected() -> Vec<BrokerKind> {
+        match std::env::var("TEST_BROKER").as_deref() {
+            Ok("kafka") => vec![BrokerKind::Kafka],
+            Ok("tansu") => vec![BrokerKind::Tansu],
+            _ => vec![BrokerKind::Kafka, BrokerKind::Tansu],
+        }
+    }
+
+    /// For tests whose subject is not the broker (the CLI, the benchmark's
+    /// tools): Tansu when selected (it starts in a fraction of Kafka's time),
+    /// else Kafka.
+    pub fn any() -> BrokerKind {
+        *BrokerKind::selected().last().unwrap_or(&BrokerKind::Kafka)
+    }
+}
+
+/// Where the broker keeps its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerStorage {
+    /// Survives [`Broker::restart`] with its topics and offsets: Kafka always,
+    /// Tansu on its sqlite engine.
+    Durable,
+    /// Tansu's memory engine: fast, gone when the broker stops. Kafka keeps its
+    /// log on disk regardless.
+    Memory,
 }
 
 /// A port that was free a moment ago.
@@ -21,86 +74,273 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 pub fn tansu_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("TANSU_BIN") {
         return PathBuf::from(bin);
     }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cached = repo.join(".tools/bin/tansu");
+    let cached = repo().join(".tools/bin/tansu");
     if cached.exists() {
         return cached;
     }
     PathBuf::from("tansu")
 }
 
+/// One broker process: a Kafka node, or Tansu.
+struct Node {
+    child: Option<Child>,
+    port: u16,
+    /// Kafka: its id, controller port, and directory (data, server.log).
+    /// Tansu: the directory its sqlite:// path is resolved against.
+    node_id: u32,
+    controller_port: u16,
+    dir: PathBuf,
+}
+
+pub struct Broker {
+    pub kind: BrokerKind,
+    /// Bootstrap servers: every node, comma separated.
+    pub addr: String,
+    nodes: Vec<Node>,
+    /// Kafka: `controller.quorum.voters`; empty for Tansu.
+    voters: String,
+    cluster_id: String,
+    /// Tansu's storage URL (`memory://tansu/` or `sqlite://FILE`).
+    tansu_storage: String,
+    /// Extra `KEY=VALUE` settings of every Kafka node (tests that need, say, a
+    /// shorter minimum session timeout).
+    overrides: Vec<String>,
+    /// The directory of a [`Broker::scratch`] broker, removed with it.
+    scratch: Option<tempfile::TempDir>,
+}
+
 impl Broker {
-    /// A broker keeping everything in memory: fast, gone when it stops.
-    pub async fn memory() -> Broker {
-        Broker::start("memory://tansu/".to_owned(), None, free_port()).await
+    /// One broker whose data lives under `dir`.
+    pub async fn start(kind: BrokerKind, dir: &Path, storage: BrokerStorage) -> Broker {
+        Broker::start_with(kind, dir, storage, &[]).await
     }
 
-    /// A broker on the sqlite engine at `path`: survives restarts.
-    pub async fn sqlite(path: &Path) -> Broker {
-        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "broker.db".into());
-        let dir = path.parent().map(Path::to_path_buf);
-        Broker::start(format!("sqlite://{file}"), dir, free_port()).await
-    }
-
-    async fn start(storage: String, dir: Option<PathBuf>, port: u16) -> Broker {
-        let mut broker = Broker { child: None, addr: format!("127.0.0.1:{port}"), storage, dir };
-        broker.spawn();
+    /// A throwaway broker in a directory of its own (Tansu: memory engine), for
+    /// tests and benchmarks that need nothing else.
+    pub async fn scratch(kind: BrokerKind) -> Broker {
+        let dir = tempfile::tempdir().expect("broker dir");
+        let mut broker = Broker::start(kind, dir.path(), BrokerStorage::Memory).await;
+        broker.scratch = Some(dir);
         broker
     }
 
-    fn spawn(&mut self) {
-        let url = format!("tcp://{}", self.addr);
-        let bin = tansu_bin();
-        let mut command = Command::new(&bin);
-        if let Some(dir) = &self.dir {
-            command.current_dir(dir);
-        }
-        let child = command
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", &self.storage])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} (run scripts/tansu.sh to build it): {e}", bin.display()));
-        self.child = Some(child);
-        self.wait_ready();
+    /// Like [`Broker::start`], with extra Kafka settings (ignored by Tansu).
+    pub async fn start_with(kind: BrokerKind, dir: &Path, storage: BrokerStorage, overrides: &[&str]) -> Broker {
+        let storage = match storage {
+            BrokerStorage::Durable => "sqlite://broker.db",
+            BrokerStorage::Memory => "memory://tansu/",
+        };
+        Broker::spawn_all(kind, dir, 1, storage, overrides).await
     }
 
-    /// Waits until the broker answers a metadata request.
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client: BaseConsumer = platform::kafka::client_config(&self.addr).create().expect("kafka client");
-        loop {
-            if client.fetch_metadata(None, Duration::from_secs(1)).is_ok() {
-                return;
+    /// `nodes` Kafka nodes, the first three of them controllers; topics get
+    /// replication factor 3 and `min.insync.replicas=2` (deploy/kafka/cluster.properties).
+    pub async fn kafka_cluster(nodes: usize, dir: &Path) -> Broker {
+        assert!(nodes >= 3, "a Kafka cluster needs three controllers");
+        Broker::spawn_all(BrokerKind::Kafka, dir, nodes, "", &[]).await
+    }
+
+    async fn spawn_all(kind: BrokerKind, dir: &Path, count: usize, storage: &str, overrides: &[&str]) -> Broker {
+        let nodes: Vec<Node> = (1..=count)
+            .map(|i| Node {
+                child: None,
+                port: free_port(),
+                node_id: i as u32,
+                controller_port: free_port(),
+                dir: dir.join(format!("{}-{i}", kind.name())),
+            })
+            .collect();
+        let voters = match kind {
+            BrokerKind::Kafka => nodes
+                .iter()
+                .take(3)
+                .map(|n| format!("{}@127.0.0.1:{}", n.node_id, n.controller_port))
+                .collect::<Vec<_>>()
+                .join(","),
+            BrokerKind::Tansu => String::new(),
+        };
+        let addr = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",");
+        let cluster_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes());
+        let mut broker = Broker {
+            kind,
+            addr,
+            nodes,
+            voters,
+            cluster_id,
+            tansu_storage: storage.to_owned(),
+            overrides: overrides.iter().map(|s| (*s).to_owned()).collect(),
+            scratch: None,
+        };
+        for index in 0..broker.nodes.len() {
+            broker.spawn(index);
+        }
+        let replication = if count >= 3 { 3 } else { 1 };
+        let addr = broker.addr.clone();
+        tokio::task::spawn_blocking(move || wait_topic_creatable(&addr, replication)).await.expect("ready check");
+        broker
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let node = &self.nodes[index];
+        std::fs::create_dir_all(&node.dir).expect("broker dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("process.out"))
+            .expect("broker output file");
+        let mut command = match self.kind {
+            BrokerKind::Kafka => {
+                let mut command = Command::new(repo().join("scripts/kafka.sh"));
+                command
+                    .arg("run")
+                    .arg(node.port.to_string())
+                    .arg(&node.dir)
+                    .args(&self.overrides)
+                    .env("KAFKA_NODE_ID", node.node_id.to_string())
+                    .env("KAFKA_CONTROLLER_PORT", node.controller_port.to_string())
+                    .env("KAFKA_VOTERS", &self.voters)
+                    .env("KAFKA_CLUSTER_ID", &self.cluster_id);
+                // Nodes past the third are brokers only.
+                if node.node_id > 3 {
+                    command.arg("process.roles=broker");
+                }
+                command
             }
-            assert!(Instant::now() < deadline, "broker at {} did not come up", self.addr);
-            std::thread::sleep(Duration::from_millis(100));
+            BrokerKind::Tansu => {
+                let url = format!("tcp://127.0.0.1:{}", node.port);
+                let mut command = Command::new(tansu_bin());
+                command
+                    .current_dir(&node.dir)
+                    .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                    .args(["--storage-engine", &self.tansu_storage])
+                    .env("RUST_LOG", "warn");
+                command
+            }
+        };
+        let child = command
+            .stdout(log.try_clone().map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {} (scripts/kafka.sh and scripts/tansu.sh set it up): {e}", self.kind.name())
+            });
+        self.nodes[index].child = Some(child);
+    }
+
+    /// SIGKILL every node, as a crash would.
+    pub fn kill(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill_node(index);
         }
     }
 
-    /// SIGKILL, as a crash would.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    /// Starts every node again on the same ports and storage; returns once the
+    /// broker answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        for index in 0..self.nodes.len() {
+            self.spawn(index);
+        }
+        for index in 0..self.nodes.len() {
+            self.wait_node_up(index);
+        }
+    }
+
+    /// SIGKILL one node (index into the nodes, 0-based).
+    pub fn kill_node(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Starts again on the same port and storage.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+    /// Starts a killed node again with its data; returns once it serves metadata
+    /// and the cluster knows it again.
+    pub fn start_node(&mut self, index: usize) {
+        self.kill_node(index);
+        self.spawn(index);
+        self.wait_node_up(index);
+    }
+
+    /// The node index leading `topic`'s `partition`, from the cluster's metadata.
+    pub fn leader_of(&self, topic: &str, partition: i32) -> Option<usize> {
+        let client: BaseConsumer = platform::kafka::client_config(&self.addr).create().ok()?;
+        let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10)).ok()?;
+        let leader = metadata.topics().first()?.partitions().iter().find(|p| p.id() == partition)?.leader();
+        self.nodes.iter().position(|n| n.node_id as i32 == leader)
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The last `lines` lines of every node's log (Kafka's server.log and the
+    /// process output), for failure reports.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            for file in ["server.log", "process.out"] {
+                let Ok(text) = std::fs::read_to_string(node.dir.join(file)) else { continue };
+                let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+                out.push_str(&format!("--- {} node {} {file} (last {} lines)\n", self.kind.name(), node.node_id, tail.len()));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until node `index` answers metadata that lists it among the brokers.
+    fn wait_node_up(&self, index: usize) {
+        let node = &self.nodes[index];
+        let addr = format!("127.0.0.1:{}", node.port);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let client: BaseConsumer = platform::kafka::client_config(&addr).create().expect("kafka client");
+        loop {
+            if let Ok(metadata) = client.fetch_metadata(None, Duration::from_secs(2)) {
+                if self.kind == BrokerKind::Tansu || metadata.brokers().iter().any(|b| b.id() == node.node_id as i32) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{} node {} at {addr} did not come back", self.kind.name(), node.node_id);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Ready means a client can create a topic (with `replication` replicas), not a
+/// line in a log: the controller has a quorum and enough brokers registered.
+fn wait_topic_creatable(addr: &str, replication: i32) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let admin: AdminClient<DefaultClientContext> = platform::kafka::client_config(addr).create().expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let topic = NewTopic::new("harness.ready", 1, TopicReplication::Fixed(replication));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+    loop {
+        let outcome = runtime.block_on(admin.create_topics([&topic], &options));
+        match outcome.as_deref() {
+            Ok([Ok(_)]) | Ok([Err((_, RDKafkaErrorCode::TopicAlreadyExists))]) => return,
+            other => {
+                assert!(Instant::now() < deadline, "no topic could be created on {addr} within 120 s: {other:?}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // Before the scratch directory goes.
         self.kill();
     }
 }

@@ -1,9 +1,11 @@
 //! Fault injection with invariants. Runs the real binaries as processes (see
-//! [`crate::processes`]) against a broker on the sqlite engine, drives a mixed
-//! load of orders, and meanwhile injects faults from a seeded schedule: SIGKILL
-//! and restart of services, broker SIGKILL and restart, gateway outages and slow
-//! periods, re-published (duplicate) records, crashes between a database commit
-//! and the offset commit, and poison messages on every input topic. When the
+//! [`crate::processes`]) against a durable broker (Apache Kafka, or Tansu on its
+//! sqlite engine), drives a mixed load of orders, and meanwhile injects faults
+//! from a seeded schedule: SIGKILL and restart of services, broker SIGKILL and
+//! restart, gateway outages and slow periods, re-published (duplicate) records,
+//! crashes between a database commit and the offset commit, and poison messages
+//! on every input topic. Or, on a three-node Kafka cluster, the failover of the
+//! node leading the saga's partitions, under load. When the
 //! system has quiesced, [`check`] reads every service's own database (and the
 //! dead-letter topics, and the gateway's ledger) and verifies the invariants.
 //!
@@ -22,9 +24,9 @@ use rdkafka::util::Timeout;
 use rdkafka::Message as _;
 use sqlx::Row;
 
-use crate::processes::{ProcessStack, Profile};
+use crate::processes::{build_binaries, ProcessStack, Profile};
 use crate::stack::SERVICES;
-use crate::Backend;
+use crate::{Broker, BrokerKind, Databases, Target};
 
 /// Which consumer groups read each input topic, hence which dead-letter topics
 /// a poison message on it must reach.
@@ -39,10 +41,22 @@ pub const SUBSCRIBERS: &[(&str, &[&str])] = &[
     ("payment.events", &["order-svc", "inventory-svc", "notification-svc"]),
 ];
 
+/// What goes wrong during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Faults {
+    /// One fault every 1.5-4 s from the whole catalogue, on one broker node.
+    Mixed,
+    /// A three-node Kafka cluster (replication factor 3, min ISR 2): a quarter
+    /// into the load, SIGKILL the node leading order.events/0, restart it with
+    /// its data halfway through. Nothing else goes wrong.
+    BrokerFailover,
+}
+
 #[derive(Debug, Clone)]
 pub struct FaultPlan {
     pub seed: u64,
-    pub backend: Backend,
+    pub target: Target,
+    pub faults: Faults,
     /// How long orders and faults are injected.
     pub duration: Duration,
     /// Orders per second offered.
@@ -54,8 +68,16 @@ pub struct FaultPlan {
 }
 
 impl FaultPlan {
-    pub fn short(seed: u64, backend: Backend) -> FaultPlan {
-        FaultPlan { seed, backend, duration: Duration::from_secs(60), rate: 8.0, scarce: None, profile: Profile::Debug }
+    pub fn short(seed: u64, target: Target) -> FaultPlan {
+        FaultPlan {
+            seed,
+            target,
+            faults: Faults::Mixed,
+            duration: Duration::from_secs(60),
+            rate: 8.0,
+            scarce: None,
+            profile: Profile::Debug,
+        }
     }
 }
 
@@ -71,7 +93,14 @@ pub struct Report {
 
 impl Report {
     pub fn print(&self, plan: &FaultPlan) {
-        println!("fault run: seed {} backend {:?} duration {:?}", plan.seed, plan.backend, plan.duration);
+        println!(
+            "fault run: seed {} broker {} backend {:?} faults {:?} duration {:?}",
+            plan.seed,
+            plan.target.broker.name(),
+            plan.target.backend,
+            plan.faults,
+            plan.duration
+        );
         println!("  faults injected: {:?}", self.faults);
         println!("  fault timeline: {}", self.timeline.join(", "));
         println!("  orders by final status: {:?}", self.orders);
@@ -123,7 +152,17 @@ pub async fn run(plan: &FaultPlan) -> Report {
         // chances to rejoin (the fault logs then say "consumer stalled").
         ("CONSUMER_STALL_AFTER".to_owned(), "15s".to_owned()),
     ];
-    let mut stack = ProcessStack::start(plan.backend, plan.profile, env).await;
+    let mut stack = match plan.faults {
+        Faults::Mixed => ProcessStack::start(plan.target, plan.profile, env).await,
+        Faults::BrokerFailover => {
+            assert_eq!(plan.target.broker, BrokerKind::Kafka, "broker failover needs a Kafka cluster");
+            let dbs = Databases::new(plan.target.backend);
+            let broker = Broker::kafka_cluster(3, dbs.dir()).await;
+            let mut env = env;
+            env.push(("TOPIC_REPLICATION".to_owned(), "3".to_owned()));
+            ProcessStack::start_on(broker, dbs, build_binaries(plan.profile), env).await
+        }
+    };
     let producer = platform::kafka::producer(&stack.broker.addr).expect("producer");
     let http = reqwest::Client::new();
     let sent: Shared<Sent> = Arc::default();
@@ -152,8 +191,15 @@ pub async fn run(plan: &FaultPlan) -> Report {
     let mut report = Report::default();
     let deadline = Instant::now() + plan.duration;
     let load = generate_load(plan, &producer, &sent, &users, &skus, rng.u64(..), deadline);
-    let faults = inject_faults(&mut stack, &producer, &http, &sent, &mut rng, deadline, &mut report);
-    tokio::join!(load, faults);
+    match plan.faults {
+        Faults::Mixed => {
+            let faults = inject_faults(&mut stack, &producer, &http, &sent, &mut rng, deadline, &mut report);
+            tokio::join!(load, faults);
+        }
+        Faults::BrokerFailover => {
+            tokio::join!(load, fail_over(&mut stack, plan.duration, &mut report));
+        }
+    }
 
     // Quiesce: gateway healthy, everyone running, then wait for the saga to settle.
     set_gateway(&http, &stack.gateway_url, Mode::Healthy, 0).await;
@@ -198,6 +244,7 @@ pub async fn run(plan: &FaultPlan) -> Report {
     }
     if report.failed() {
         println!("service logs kept in {}", kept.display());
+        println!("{}", stack.broker.log_tail(15));
     }
     stack.stop().await;
     report
@@ -308,6 +355,30 @@ async fn set_gateway(http: &reqwest::Client, url: &str, mode: Mode, latency_ms: 
     let _ = http.put(format!("{url}/control")).json(&Control { mode, latency_ms }).send().await;
 }
 
+/// The failover episode of [`Faults::BrokerFailover`].
+async fn fail_over(stack: &mut ProcessStack, duration: Duration, report: &mut Report) {
+    let started = Instant::now();
+    tokio::time::sleep(duration / 4).await;
+    let topic = events::topics::ORDER_EVENTS;
+    let Some(leader) = stack.broker.leader_of(topic, 0) else {
+        report.timeline.push(format!("{:.1}s no leader found for {topic}/0", started.elapsed().as_secs_f64()));
+        return;
+    };
+    stack.broker.kill_node(leader);
+    let at = started.elapsed().as_secs_f64();
+    report.timeline.push(format!("{at:.1}s broker node {} (leader of {topic}/0) SIGKILL", leader + 1));
+    *report.faults.entry("broker leader SIGKILL").or_default() += 1;
+    tokio::time::sleep(duration / 4).await;
+    // Who leads now: the cluster moved on without the killed node.
+    let successor = stack.broker.leader_of(topic, 0).map_or("none".to_owned(), |n| format!("node {}", n + 1));
+    report.timeline.push(format!("{:.1}s {topic}/0 led by {successor}", started.elapsed().as_secs_f64()));
+    let broker = &mut stack.broker;
+    tokio::task::block_in_place(|| broker.start_node(leader));
+    let at = started.elapsed().as_secs_f64();
+    report.timeline.push(format!("{at:.1}s broker node {} restarted with its data", leader + 1));
+    *report.faults.entry("broker node restart").or_default() += 1;
+}
+
 /// Injects one fault every 1.5–4 s until `deadline`, chosen by the seeded `rng`.
 async fn inject_faults(
     stack: &mut ProcessStack,
@@ -337,7 +408,8 @@ async fn inject_faults(
             2 => {
                 stack.broker.kill();
                 tokio::time::sleep(Duration::from_millis(rng.u64(500..2000))).await;
-                stack.broker.restart();
+                let broker = &mut stack.broker;
+                tokio::task::block_in_place(|| broker.restart());
                 "broker SIGKILL + restart"
             }
             3 => {

@@ -1,5 +1,5 @@
-//! The end-to-end harness: starts a real Tansu broker on a free loopback port,
-//! creates fresh databases (SQLite files or PostgreSQL databases), runs the six
+//! The end-to-end harness: starts a real broker (Apache Kafka or Tansu) on free
+//! loopback ports, creates fresh databases (SQLite files or PostgreSQL databases), runs the six
 //! services and the gateway simulator in-process, and gives tests a way to
 //! publish messages and inspect each service's own database.
 
@@ -10,7 +10,7 @@ pub mod faults;
 pub mod processes;
 pub mod stack;
 
-pub use broker::Broker;
+pub use broker::{Broker, BrokerKind, BrokerStorage};
 pub use databases::{Backend, Databases};
 pub use stack::{Options, Stack};
 
@@ -45,18 +45,45 @@ pub fn expect_eq<T: PartialEq + std::fmt::Debug>(what: &str, actual: T, expected
     }
 }
 
-/// Generates `sqlite::<name>` and `postgres::<name>` tests from one scenario
-/// `async fn <name>(backend: Backend)`, so every scenario runs on both databases.
+/// The broker and the database a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub broker: BrokerKind,
+    pub backend: Backend,
+}
+
+impl Target {
+    pub const fn new(broker: BrokerKind, backend: Backend) -> Target {
+        Target { broker, backend }
+    }
+}
+
+/// Generates `on_kafka::sqlite::<name>`, `on_kafka::postgres::<name>`,
+/// `on_tansu::sqlite::<name>` and `on_tansu::postgres::<name>` from one scenario
+/// `async fn <name>(target: Target)`, so every scenario runs on both brokers and
+/// both databases. `scripts/test.sh` narrows the brokers with `TEST_BROKER`
+/// (`--skip on_kafka` or `--skip on_tansu`: a broker left out shows as
+/// filtered, never as passed), so a test bound to one broker says so in its
+/// name the same way.
 #[macro_export]
-macro_rules! on_both_databases {
+macro_rules! on_every_target {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-               async fn $name() { super::$name($crate::Backend::Sqlite).await } )*
+        $crate::on_every_target!(@broker on_kafka Kafka $($name),*);
+        $crate::on_every_target!(@broker on_tansu Tansu $($name),*);
+    };
+    (@broker $module:ident $kind:ident $($name:ident),*) => {
+        mod $module {
+            $crate::on_every_target!(@database $kind sqlite Sqlite $($name),*);
+            $crate::on_every_target!(@database $kind postgres Postgres $($name),*);
         }
-        mod postgres {
+    };
+    (@database $kind:ident $module:ident $backend:ident $($name:ident),*) => {
+        mod $module {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-               async fn $name() { super::$name($crate::Backend::Postgres).await } )*
+               async fn $name() {
+                   let target = $crate::Target::new($crate::BrokerKind::$kind, $crate::Backend::$backend);
+                   super::super::$name(target).await
+               } )*
         }
     };
 }

@@ -1,6 +1,6 @@
 //! The system as separate OS processes: the real binaries (six services and the
 //! gateway simulator), configured through the environment exactly as an operator
-//! would, against a broker on the sqlite engine. Used where in-process services
+//! would, against a durable broker. Used where in-process services
 //! cannot tell the truth: SIGKILL, restarts, and per-service memory.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::broker::free_port;
 use crate::stack::SERVICES;
-use crate::{Backend, Broker, Databases};
+use crate::{Broker, BrokerStorage, Databases, Target};
 
 /// Which build of the binaries to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,15 +33,6 @@ pub fn build_binaries(profile: Profile) -> PathBuf {
     target.join(if profile == Profile::Release { "release" } else { "debug" })
 }
 
-/// Where the broker keeps its log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrokerEngine {
-    /// Survives restarts; what the fault tests need.
-    Sqlite,
-    /// Fast, gone when the broker stops.
-    Memory,
-}
-
 pub struct ProcessStack {
     pub broker: Broker,
     pub dbs: Databases,
@@ -56,24 +47,27 @@ pub struct ProcessStack {
 }
 
 impl ProcessStack {
-    /// Broker (sqlite engine), gateway simulator and the six services, each a process.
-    pub async fn start(backend: Backend, profile: Profile, env: Vec<(String, String)>) -> ProcessStack {
-        ProcessStack::start_in(backend, build_binaries(profile), BrokerEngine::Sqlite, env).await
+    /// A durable broker, the gateway simulator and the six services, each a process.
+    pub async fn start(target: Target, profile: Profile, env: Vec<(String, String)>) -> ProcessStack {
+        ProcessStack::start_in(target, build_binaries(profile), BrokerStorage::Durable, env).await
     }
 
     /// Like [`ProcessStack::start`], with binaries already built in `bin_dir` and a
-    /// choice of broker engine (the benchmark runs on the memory engine).
+    /// choice of broker storage (the benchmark runs Tansu on its memory engine).
     pub async fn start_in(
-        backend: Backend,
+        target: Target,
         bin_dir: PathBuf,
-        engine: BrokerEngine,
+        storage: BrokerStorage,
         env: Vec<(String, String)>,
     ) -> ProcessStack {
-        let dbs = Databases::new(backend);
-        let broker = match engine {
-            BrokerEngine::Sqlite => Broker::sqlite(&dbs.dir().join("broker.db")).await,
-            BrokerEngine::Memory => Broker::memory().await,
-        };
+        let dbs = Databases::new(target.backend);
+        let broker = Broker::start(target.broker, dbs.dir(), storage).await;
+        ProcessStack::start_on(broker, dbs, bin_dir, env).await
+    }
+
+    /// The gateway simulator and the six services against a broker already running
+    /// (a Kafka cluster, say).
+    pub async fn start_on(broker: Broker, dbs: Databases, bin_dir: PathBuf, env: Vec<(String, String)>) -> ProcessStack {
         let logs = dbs.dir().join("logs");
         std::fs::create_dir_all(&logs).expect("log dir");
         let gateway_port = free_port();
@@ -133,6 +127,7 @@ impl ProcessStack {
         let mut command = Command::new(self.bin_dir.join(service));
         command
             .env("KAFKA_BROKERS", &self.broker.addr)
+            .env("KAFKA_FETCH_WAIT_MAX", format!("{}ms", self.broker.kind.fetch_wait_max().as_millis()))
             .env("DATABASE_URL", database_url)
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("PAYMENT_GATEWAY_URL", &self.gateway_url)

@@ -1,4 +1,4 @@
-//! The whole system in one test process: broker, gateway simulator, and the six
+//! The whole system in one test process: a broker (child process), the gateway simulator, and the six
 //! services, each with its own database and its own shutdown token so a test can
 //! stop and restart one of them.
 
@@ -17,7 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{eventually, expect_eq, Backend, Broker, Databases};
+use crate::{eventually, expect_eq, Broker, BrokerStorage, Databases, Target};
 
 pub const SERVICES: [&str; 6] =
     ["user-svc", "product-svc", "order-svc", "inventory-svc", "payment-svc", "notification-svc"];
@@ -28,14 +28,14 @@ pub struct Options {
     pub platform: fn(&mut PlatformConfig),
     /// Changes to payment-svc's settings.
     pub payment: fn(&mut payment_svc::Config),
-    /// A broker on the sqlite engine (survives [`Broker::restart`] with its
+    /// Tansu only: its sqlite engine (survives [`Broker::restart`] with its
     /// topics and offsets) instead of the faster memory engine.
-    pub durable_broker: bool,
+    pub broker_storage: BrokerStorage,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { platform: |_| {}, payment: |_| {}, durable_broker: false }
+        Options { platform: |_| {}, payment: |_| {}, broker_storage: BrokerStorage::Memory }
     }
 }
 
@@ -58,33 +58,29 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Broker (memory engine), gateway simulator and all six services.
-    pub async fn start(backend: Backend) -> Stack {
-        Stack::start_with(backend, |_| {}).await
+    /// Broker, gateway simulator and all six services.
+    pub async fn start(target: Target) -> Stack {
+        Stack::start_with(target, |_| {}).await
     }
 
-    pub async fn start_with(backend: Backend, payment_config: fn(&mut payment_svc::Config)) -> Stack {
-        Stack::start_tweaked(backend, |_| {}, payment_config).await
+    pub async fn start_with(target: Target, payment_config: fn(&mut payment_svc::Config)) -> Stack {
+        Stack::start_tweaked(target, |_| {}, payment_config).await
     }
 
     /// Like [`Stack::start`], with changes to every service's platform settings
     /// and to payment-svc's settings.
     pub async fn start_tweaked(
-        backend: Backend,
+        target: Target,
         platform: fn(&mut PlatformConfig),
         payment: fn(&mut payment_svc::Config),
     ) -> Stack {
-        Stack::start_with_options(backend, Options { platform, payment, ..Options::default() }).await
+        Stack::start_with_options(target, Options { platform, payment, ..Options::default() }).await
     }
 
-    pub async fn start_with_options(backend: Backend, options: Options) -> Stack {
+    pub async fn start_with_options(target: Target, options: Options) -> Stack {
         platform::telemetry::init();
-        let dbs = Databases::new(backend);
-        let broker = if options.durable_broker {
-            Broker::sqlite(&dbs.dir().join("broker.db")).await
-        } else {
-            Broker::memory().await
-        };
+        let dbs = Databases::new(target.backend);
+        let broker = Broker::start(target.broker, dbs.dir(), options.broker_storage).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
         let gateway_url = format!("http://{}", listener.local_addr().expect("gateway address"));
         let gateway_stop = CancellationToken::new();
@@ -112,6 +108,7 @@ impl Stack {
     fn platform_config(&self, database_url: String) -> PlatformConfig {
         let mut config = PlatformConfig::local(&self.broker.addr);
         config.database_url = Some(database_url);
+        config.kafka_fetch_wait_max = self.broker.kind.fetch_wait_max();
         config.outbox_poll_interval = Duration::from_millis(200);
         config.retry_max_elapsed = Duration::from_secs(20);
         config.database_max_connections = 4;

@@ -1,7 +1,8 @@
 //! Failure semantics end to end: poison messages and dead letters, transient
 //! database failures, gateway outages and slowness behind the breaker, the
 //! durable payment queue across a restart, duplicates, and the operational
-//! endpoints. Every scenario runs on SQLite and on PostgreSQL.
+//! endpoints. Every scenario runs on Apache Kafka and on Tansu, each on SQLite and
+//! on PostgreSQL.
 
 use std::time::{Duration, Instant};
 
@@ -10,12 +11,12 @@ use payment_svc::simulator::{Ledger, Mode};
 use platform::dead_letter::DeadLetterInfo;
 use platform::kafka::HeaderList;
 use rdkafka::Message as _;
-use saga_tests::{eventually, expect_eq, Backend, Stack};
+use saga_tests::{eventually, expect_eq, Backend, BrokerKind, Stack, Target};
 use sqlx::Executor;
 
 const SAGA: Duration = Duration::from_secs(60);
 
-saga_tests::on_both_databases!(
+saga_tests::on_every_target!(
     poison_messages_are_dead_lettered_and_orders_behind_them_complete,
     transient_database_failure_is_retried,
     gateway_outage_defers_then_confirms_each_order_once,
@@ -41,8 +42,8 @@ async fn dead_letters(stack: &Stack, topic: &str) -> Vec<(HeaderList, Option<Vec
         .collect()
 }
 
-async fn poison_messages_are_dead_lettered_and_orders_behind_them_complete(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+async fn poison_messages_are_dead_lettered_and_orders_behind_them_complete(target: Target) {
+    let mut stack = Stack::start(target).await;
     setup(&mut stack).await;
     // Three kinds of poison on order.commands, all under one key so they sit in
     // front of the order on the same partition.
@@ -96,12 +97,12 @@ async fn poison_messages_are_dead_lettered_and_orders_behind_them_complete(backe
     stack.stop().await;
 }
 
-async fn transient_database_failure_is_retried(backend: Backend) {
+async fn transient_database_failure_is_retried(target: Target) {
     let mut stack =
-        Stack::start_tweaked(backend, |c| c.database_busy_timeout = Duration::from_millis(200), |_| {}).await;
+        Stack::start_tweaked(target, |c| c.database_busy_timeout = Duration::from_millis(200), |_| {}).await;
     setup(&mut stack).await;
     let url = stack.dbs.url_for("inventory-svc").await;
-    match backend {
+    match target.backend {
         Backend::Sqlite => {
             // Another process holds the write lock for two seconds: inventory-svc's
             // transactions fail busy, back off, and get through once it is released.
@@ -163,8 +164,8 @@ fn assert_charged_once(ledger: &Ledger, orders: usize) {
     println!("gateway calls for {orders} charges: {calls}");
 }
 
-async fn gateway_outage_defers_then_confirms_each_order_once(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+async fn gateway_outage_defers_then_confirms_each_order_once(target: Target) {
+    let mut stack = Stack::start(target).await;
     setup(&mut stack).await;
     stack.set_gateway(Mode::Outage, 0).await;
     let orders: Vec<String> = (0..6).map(|i| format!("outage-{i}")).collect();
@@ -197,7 +198,7 @@ async fn gateway_outage_defers_then_confirms_each_order_once(backend: Backend) {
         stack.wait_order(order, "CONFIRMED", SAGA).await;
     }
     println!(
-        "outage recovery: all deferred orders confirmed {:?} after the gateway came back ({backend:?})",
+        "outage recovery: all deferred orders confirmed {:?} after the gateway came back ({target:?})",
         recovered.elapsed()
     );
     let ledger = stack.ledger().await;
@@ -207,8 +208,8 @@ async fn gateway_outage_defers_then_confirms_each_order_once(backend: Backend) {
     stack.stop().await;
 }
 
-async fn outage_past_the_deadline_is_compensated(backend: Backend) {
-    let mut stack = Stack::start_with(backend, |c| c.payment_deadline = Duration::from_secs(2)).await;
+async fn outage_past_the_deadline_is_compensated(target: Target) {
+    let mut stack = Stack::start_with(target, |c| c.payment_deadline = Duration::from_secs(2)).await;
     setup(&mut stack).await;
     stack.set_gateway(Mode::Outage, 0).await;
     stack.place_order("order-late", "ann", &[("SKU-PEN", 3)], "tok_visa").await;
@@ -236,8 +237,8 @@ async fn outage_past_the_deadline_is_compensated(backend: Backend) {
     stack.stop().await;
 }
 
-async fn slow_gateway_times_out_and_is_charged_once(backend: Backend) {
-    let mut stack = Stack::start_with(backend, |c| c.gateway_timeout = Duration::from_millis(300)).await;
+async fn slow_gateway_times_out_and_is_charged_once(target: Target) {
+    let mut stack = Stack::start_with(target, |c| c.gateway_timeout = Duration::from_millis(300)).await;
     setup(&mut stack).await;
     // The gateway takes the charge but answers after our timeout: the call is
     // ambiguous, so it is repeated later with the same idempotency key.
@@ -254,8 +255,8 @@ async fn slow_gateway_times_out_and_is_charged_once(backend: Backend) {
     stack.stop().await;
 }
 
-async fn payment_queue_survives_a_restart(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+async fn payment_queue_survives_a_restart(target: Target) {
+    let mut stack = Stack::start(target).await;
     setup(&mut stack).await;
     stack.set_gateway(Mode::Outage, 0).await;
     for i in 0..3 {
@@ -277,8 +278,8 @@ async fn payment_queue_survives_a_restart(backend: Backend) {
     stack.stop().await;
 }
 
-async fn redelivered_events_change_nothing(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+async fn redelivered_events_change_nothing(target: Target) {
+    let mut stack = Stack::start(target).await;
     setup(&mut stack).await;
     stack.place_order("order-dup", "ann", &[("SKU-PEN", 5)], "tok_visa").await;
     stack.wait_order("order-dup", "CONFIRMED", SAGA).await;
@@ -338,11 +339,11 @@ async fn notification_count(stack: &mut Stack) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM notifications").fetch_one(db.pool()).await.expect("count")
 }
 
-async fn readiness_follows_the_broker_and_metrics_move(backend: Backend) {
-    // The sqlite engine keeps topics across the broker restart below (with the
-    // memory engine they vanish, which librdkafka 2.12 handles badly).
-    let options = saga_tests::Options { durable_broker: true, ..Default::default() };
-    let mut stack = Stack::start_with_options(backend, options).await;
+async fn readiness_follows_the_broker_and_metrics_move(target: Target) {
+    // Tansu's sqlite engine keeps topics across the broker restart below (with
+    // the memory engine they vanish, which librdkafka 2.12 handles badly).
+    let options = saga_tests::Options { broker_storage: saga_tests::BrokerStorage::Durable, ..Default::default() };
+    let mut stack = Stack::start_with_options(target, options).await;
     setup(&mut stack).await;
     for service in saga_tests::stack::SERVICES {
         assert_eq!(stack.http_get(service, "/healthz").await.0, 200);
@@ -385,8 +386,8 @@ async fn shopctl(stack: &Stack, args: &[&str]) {
     shopctl::run(cli).await.expect("shopctl succeeds");
 }
 
-async fn replay_after_the_fix_completes_the_order_and_twice_is_a_no_op(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+async fn replay_after_the_fix_completes_the_order_and_twice_is_a_no_op(target: Target) {
+    let mut stack = Stack::start(target).await;
     setup(&mut stack).await;
     // An operator mistake: inventory-svc's reservations table is renamed away.
     // OrderPlaced fails permanently there and is dead-lettered; the order waits.
@@ -437,30 +438,14 @@ async fn replay_after_the_fix_completes_the_order_and_twice_is_a_no_op(backend: 
 /// say which partitions wait, and join again (which cannot cure this one: the
 /// point is that a wedged consumer is loud, not silent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_consumer_that_receives_nothing_while_records_wait_rejoins() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+async fn on_tansu_a_consumer_that_receives_nothing_while_records_wait_rejoins() {
     let options = saga_tests::stack::Options {
         platform: |config| config.consumer_stall_after = Duration::from_secs(2),
         ..Default::default()
     };
-    let mut stack = Stack::start_with_options(Backend::Sqlite, options).await;
-    stack.stop_service("user-svc").await;
-    let ghost: BaseConsumer = platform::kafka::consumer_config(&stack.broker.addr, "user-svc", Some("ghost-1"))
-        .create()
-        .expect("ghost consumer");
-    ghost.subscribe(&[events::topics::USER_COMMANDS]).expect("subscribe");
-    let joined = Instant::now();
-    while ghost.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
-        assert!(joined.elapsed() < SAGA, "the ghost never got partitions");
-        let _ = ghost.poll(Duration::from_millis(100));
-    }
-    drop(ghost); // a static member leaves no LeaveGroup behind
-    stack.start_service("user-svc").await;
-    for i in 0..12 {
-        let user_id = format!("wedged-{i}");
-        let email = format!("{user_id}@example.com");
-        stack.publish(events::RegisterUser { user_id, email, name: "Wedged".into() }).await;
-    }
+    let mut stack = Stack::start_with_options(Target::new(BrokerKind::Tansu, Backend::Sqlite), options).await;
+    let joined_at = vanish_static_member_of_user_svc(&mut stack).await;
+    register_wedged_users(&stack, 12).await;
     eventually("the watchdog noticed", SAGA, || async {
         let (_, metrics) = stack.http_get("user-svc", "/metrics").await;
         let rejoins = metric(&metrics, "consumer_rejoins_total", "user-svc");
@@ -471,5 +456,69 @@ async fn a_consumer_that_receives_nothing_while_records_wait_rejoins() {
         }
     })
     .await;
+    println!("watchdog tripped {:?} after the ghost joined", joined_at.elapsed());
     stack.stop().await;
+}
+
+/// Static membership on Apache Kafka, where it has its real semantics: a static
+/// member that vanishes sends no LeaveGroup and keeps its partitions until its
+/// session times out; then the group rebalances and user-svc gets them, so every
+/// command waiting on them is processed, with no watchdog involved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_kafka_a_vanished_static_member_is_expired_and_its_partitions_flow_again() {
+    let options = saga_tests::stack::Options {
+        // Out of the way: this test is about the broker expiring the member.
+        platform: |config| config.consumer_stall_after = Duration::from_secs(600),
+        ..Default::default()
+    };
+    let mut stack = Stack::start_with_options(Target::new(BrokerKind::Kafka, Backend::Sqlite), options).await;
+    let vanished_at = vanish_static_member_of_user_svc(&mut stack).await;
+    register_wedged_users(&stack, 12).await;
+    let users = stack.db("user-svc").await;
+    eventually("every registration processed", SAGA, || async {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE user_id LIKE 'wedged-%'")
+            .fetch_one(users.pool())
+            .await
+            .map_err(|e| e.to_string())?;
+        expect_eq("registered users", n, 12)
+    })
+    .await;
+    let waited = vanished_at.elapsed();
+    // The session timeout is 10 s: anything quicker means the member was not held.
+    assert!(waited >= Duration::from_secs(8), "partitions freed after {waited:?}, before the session could expire");
+    println!("partitions of the vanished static member flowed again {waited:?} after it vanished");
+    let (_, metrics) = stack.http_get("user-svc", "/metrics").await;
+    assert_eq!(metric(&metrics, "consumer_rejoins_total", "user-svc"), 0.0, "{metrics}");
+    stack.stop().await;
+}
+
+/// Stops user-svc, lets a static member of its group take partitions of
+/// user.commands and vanish without leaving, and starts user-svc again. Returns
+/// when the member vanished.
+async fn vanish_static_member_of_user_svc(stack: &mut Stack) -> Instant {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    stack.stop_service("user-svc").await;
+    let fetch_wait = stack.broker.kind.fetch_wait_max();
+    let ghost: BaseConsumer =
+        platform::kafka::consumer_config(&stack.broker.addr, "user-svc", Some("ghost-1"), fetch_wait)
+            .create()
+            .expect("ghost consumer");
+    ghost.subscribe(&[events::topics::USER_COMMANDS]).expect("subscribe");
+    let joined = Instant::now();
+    while ghost.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(joined.elapsed() < SAGA, "the ghost never got partitions");
+        let _ = ghost.poll(Duration::from_millis(100));
+    }
+    drop(ghost); // a static member leaves no LeaveGroup behind
+    let vanished = Instant::now();
+    stack.start_service("user-svc").await;
+    vanished
+}
+
+async fn register_wedged_users(stack: &Stack, count: usize) {
+    for i in 0..count {
+        let user_id = format!("wedged-{i}");
+        let email = format!("{user_id}@example.com");
+        stack.publish(events::RegisterUser { user_id, email, name: "Wedged".into() }).await;
+    }
 }

@@ -1,15 +1,15 @@
 //! The order saga end to end: real broker, six real services, real databases.
-//! Every scenario runs on SQLite and on PostgreSQL, and checks the final state in
+//! Every scenario runs on Apache Kafka and on Tansu, each on SQLite and PostgreSQL, and checks the final state in
 //! every service's own database, not only the last event.
 
 use std::time::{Duration, Instant};
 
 use events::CancelOrder;
-use saga_tests::{eventually, expect_eq, Backend, Stack};
+use saga_tests::{eventually, expect_eq, Stack, Target};
 
 const SAGA: Duration = Duration::from_secs(60);
 
-saga_tests::on_both_databases!(
+saga_tests::on_every_target!(
     confirmed_order_is_charged_and_stock_sold,
     out_of_stock_order_is_rejected,
     declined_payment_releases_stock_and_cancels,
@@ -65,15 +65,15 @@ async fn wait_reservation(stack: &mut Stack, order_id: &str, status: &str) {
     .await;
 }
 
-async fn confirmed_order_is_charged_and_stock_sold(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+async fn confirmed_order_is_charged_and_stock_sold(target: Target) {
+    let mut stack = Stack::start(target).await;
     stack.register_user("alice").await;
     stack.create_product("SKU-MUG", 1250, 10).await;
 
     let started = Instant::now();
     stack.place_order("order-1", "alice", &[("SKU-MUG", 2)], "tok_visa").await;
     stack.wait_order("order-1", "CONFIRMED", SAGA).await;
-    println!("saga placed -> confirmed in {:?} ({backend:?})", started.elapsed());
+    println!("saga placed -> confirmed in {:?} ({target:?})", started.elapsed());
 
     // order-svc: priced from its projection.
     let total = stack.scalar_i64("order-svc", "SELECT total_minor FROM orders WHERE order_id = $1", "order-1").await;
@@ -100,8 +100,8 @@ async fn confirmed_order_is_charged_and_stock_sold(backend: Backend) {
     stack.stop().await;
 }
 
-async fn out_of_stock_order_is_rejected(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+async fn out_of_stock_order_is_rejected(target: Target) {
+    let mut stack = Stack::start(target).await;
     stack.register_user("bob").await;
     stack.create_product("SKU-LAMP", 4000, 1).await;
     stack.create_product("SKU-BULB", 300, 50).await;
@@ -133,8 +133,8 @@ async fn out_of_stock_order_is_rejected(backend: Backend) {
     stack.stop().await;
 }
 
-async fn declined_payment_releases_stock_and_cancels(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+async fn declined_payment_releases_stock_and_cancels(target: Target) {
+    let mut stack = Stack::start(target).await;
     stack.register_user("carol").await;
     stack.create_product("SKU-DESK", 20000, 3).await;
 
@@ -156,8 +156,8 @@ async fn declined_payment_releases_stock_and_cancels(backend: Backend) {
     stack.stop().await;
 }
 
-async fn cancel_after_confirmation_refunds_and_releases(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+async fn cancel_after_confirmation_refunds_and_releases(target: Target) {
+    let mut stack = Stack::start(target).await;
     stack.register_user("dave").await;
     stack.create_product("SKU-CHAIR", 7500, 5).await;
 
@@ -188,8 +188,8 @@ async fn cancel_after_confirmation_refunds_and_releases(backend: Backend) {
     stack.stop().await;
 }
 
-async fn two_hundred_orders_for_fifty_units(backend: Backend) {
-    let mut stack = Stack::start(backend).await;
+async fn two_hundred_orders_for_fifty_units(target: Target) {
+    let mut stack = Stack::start(target).await;
     let users: Vec<String> = (0..10).map(|i| format!("user-{i}")).collect();
     for user in &users {
         stack.register_user(user).await;
@@ -224,7 +224,7 @@ async fn two_hundred_orders_for_fifty_units(backend: Backend) {
         }
     })
     .await;
-    println!("200 orders for 50 units settled in {:?} ({backend:?})", started.elapsed());
+    println!("200 orders for 50 units settled in {:?} ({target:?})", started.elapsed());
 
     let confirmed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE status = 'CONFIRMED'")
         .fetch_one(db.pool())

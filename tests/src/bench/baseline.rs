@@ -14,7 +14,7 @@ use rdkafka::util::Timeout;
 use serde::Serialize;
 
 use super::topics::Sample;
-use crate::Broker;
+use crate::{Broker, BrokerKind};
 
 const TOPIC: &str = "bench.baseline";
 
@@ -31,9 +31,10 @@ pub struct Baseline {
     pub consume_msgs_per_s: f64,
 }
 
-/// Runs the baseline on a fresh memory-engine broker.
-pub async fn run(samples: &[Sample], orders: usize, partitions: i32) -> Baseline {
-    let broker = Broker::memory().await;
+/// Runs the baseline on a fresh broker of `kind` (Tansu: memory engine).
+pub async fn run(kind: BrokerKind, samples: &[Sample], orders: usize, partitions: i32) -> Baseline {
+    let broker = Broker::scratch(kind).await;
+    let fetch_wait = kind.fetch_wait_max();
     platform::kafka::ensure_topics(&broker.addr, &[TOPIC, "bench.warmup"], partitions, 1)
         .await
         .expect("baseline topic");
@@ -45,7 +46,7 @@ pub async fn run(samples: &[Sample], orders: usize, partitions: i32) -> Baseline
     let joined = Arc::new(AtomicBool::new(false));
     let reader = {
         let (addr, received, joined) = (broker.addr.clone(), received.clone(), joined.clone());
-        std::thread::spawn(move || consume(&addr, "bench-through", total, &received, &joined))
+        std::thread::spawn(move || consume(&addr, fetch_wait, "bench-through", total, &received, &joined))
     };
     while !joined.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -64,7 +65,7 @@ pub async fn run(samples: &[Sample], orders: usize, partitions: i32) -> Baseline
     let through = times.done.saturating_duration_since(started);
 
     let (addr, count, flag) = (broker.addr.clone(), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-    let times = tokio::task::spawn_blocking(move || consume(&addr, "bench-replay", total, &count, &flag))
+    let times = tokio::task::spawn_blocking(move || consume(&addr, fetch_wait, "bench-replay", total, &count, &flag))
         .await
         .expect("second reader");
     // The replay clock starts once the group is joined.
@@ -119,8 +120,16 @@ struct Times {
 
 /// Consumes until `total` records arrived. Uses the services' consumer settings
 /// (stored offsets, auto-commit, fetch.wait.max.ms).
-fn consume(addr: &str, group: &str, total: usize, received: &AtomicU64, joined: &AtomicBool) -> Times {
-    let consumer: BaseConsumer = platform::kafka::consumer_config(addr, group, None).create().expect("consumer");
+fn consume(
+    addr: &str,
+    fetch_wait: Duration,
+    group: &str,
+    total: usize,
+    received: &AtomicU64,
+    joined: &AtomicBool,
+) -> Times {
+    let consumer: BaseConsumer =
+        platform::kafka::consumer_config(addr, group, None, fetch_wait).create().expect("consumer");
     consumer.subscribe(&[TOPIC]).expect("subscribe");
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut joined_at = None;

@@ -21,8 +21,8 @@ use clap::{Parser, ValueEnum};
 use saga_tests::bench::stats::median;
 use saga_tests::bench::traffic::{self, Load, Phase};
 use saga_tests::bench::{baseline, topics};
-use saga_tests::processes::{BrokerEngine, ProcessStack};
-use saga_tests::Backend;
+use saga_tests::processes::ProcessStack;
+use saga_tests::{Backend, BrokerKind, BrokerStorage, Target};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -185,7 +185,7 @@ async fn run_system(
 ) -> SystemRun {
     let name = backend_name(backend);
     eprintln!("[{name}] starting broker (memory engine), gateway simulator and six services");
-    let stack = ProcessStack::start_in(backend, bin_dir.to_owned(), BrokerEngine::Memory, env.to_vec()).await;
+    let stack = ProcessStack::start_in(Target::new(BrokerKind::Tansu, backend), bin_dir.to_owned(), BrokerStorage::Memory, env.to_vec()).await;
     let producer = platform::kafka::producer(&stack.broker.addr).expect("producer");
     traffic::reference_data(&stack, &producer).await;
     eprintln!("[{name}] warm-up: {} orders at 50/s", args.warmup);
@@ -341,7 +341,7 @@ async fn main() {
     let mut runs = Vec::new();
     for run in 1..=args.runs {
         eprintln!("== run {run}/{}: broker baseline, {} orders x {} records", args.runs, args.orders, samples.len());
-        let base = baseline::run(&samples, args.orders, 3).await;
+        let base = baseline::run(BrokerKind::Tansu, &samples, args.orders, 3).await;
         eprintln!(
             "   through {:.0} msg/s, produce {:.0} msg/s, consume {:.0} msg/s ({} records of {:.0} B)",
             base.through_msgs_per_s, base.produce_msgs_per_s, base.consume_msgs_per_s, base.messages, base.avg_bytes

@@ -1,7 +1,8 @@
 //! The fault suite as a command, for long runs:
 //!
 //! ```sh
-//! cargo run --release -p saga-tests --bin saga-faults -- --duration 10m --backend both
+//! cargo run --release -p saga-tests --bin saga-faults -- --duration 10m --backend both --broker both
+//! cargo run --release -p saga-tests --bin saga-faults -- --failover --duration 3m   # three Kafka nodes
 //! cargo run --release -p saga-tests --bin saga-faults -- --seed 42      # repeat a schedule
 //! ```
 //!
@@ -12,9 +13,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use saga_tests::faults::{self, FaultPlan};
+use saga_tests::faults::{self, FaultPlan, Faults};
 use saga_tests::processes::Profile;
-use saga_tests::Backend;
+use saga_tests::{Backend, BrokerKind, Target};
 
 #[derive(Debug, Parser)]
 #[command(name = "saga-faults", about = "Inject faults into the running system and check the saga's invariants")]
@@ -25,6 +26,13 @@ struct Args {
     /// sqlite, postgres or both.
     #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres", "both"])]
     backend: String,
+    /// kafka, tansu or both.
+    #[arg(long, default_value = "kafka", value_parser = ["kafka", "tansu", "both"])]
+    broker: String,
+    /// Instead of mixed faults: a three-node Kafka cluster whose leader of the
+    /// saga's partitions is SIGKILLed and restarted under load.
+    #[arg(long)]
+    failover: bool,
     /// How long orders and faults are injected.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -48,11 +56,18 @@ async fn main() -> ExitCode {
         "both" => vec![Backend::Sqlite, Backend::Postgres],
         _ => vec![Backend::Sqlite],
     };
+    let brokers = match (args.failover, args.broker.as_str()) {
+        (true, _) | (false, "kafka") => vec![BrokerKind::Kafka],
+        (false, "tansu") => vec![BrokerKind::Tansu],
+        _ => vec![BrokerKind::Kafka, BrokerKind::Tansu],
+    };
+    let targets = brokers.iter().flat_map(|&broker| backends.iter().map(move |&backend| Target::new(broker, backend)));
     let mut failed = false;
-    for backend in backends {
+    for target in targets {
         let plan = FaultPlan {
             seed,
-            backend,
+            target,
+            faults: if args.failover { Faults::BrokerFailover } else { Faults::Mixed },
             duration: args.duration,
             rate: args.rate,
             scarce: args.scarce,
