@@ -132,6 +132,27 @@ impl Broker {
         broker
     }
 
+    /// A Kafka node started by the caller some other way (the compose test runs
+    /// the official image's own configuration step), listening at
+    /// `127.0.0.1:port`, with its files in `dir`. Returns once a topic can be
+    /// created. It can be killed, not restarted.
+    pub async fn adopt_kafka(child: Child, port: u16, dir: &Path) -> Broker {
+        let node = Node { child: Some(child), port, node_id: 1, controller_port: 0, dir: dir.to_owned() };
+        let broker = Broker {
+            kind: BrokerKind::Kafka,
+            addr: format!("127.0.0.1:{port}"),
+            nodes: vec![node],
+            voters: String::new(),
+            cluster_id: String::new(),
+            tansu_storage: String::new(),
+            overrides: Vec::new(),
+            scratch: None,
+        };
+        let addr = broker.addr.clone();
+        tokio::task::spawn_blocking(move || wait_topic_creatable(&addr, 1)).await.expect("ready check");
+        broker
+    }
+
     /// Like [`Broker::start`], with extra Kafka settings (ignored by Tansu).
     pub async fn start_with(kind: BrokerKind, dir: &Path, storage: BrokerStorage, overrides: &[&str]) -> Broker {
         let storage = match storage {

@@ -78,9 +78,15 @@ impl Stack {
     }
 
     pub async fn start_with_options(target: Target, options: Options) -> Stack {
-        platform::telemetry::init();
         let dbs = Databases::new(target.backend);
         let broker = Broker::start(target.broker, dbs.dir(), options.broker_storage).await;
+        Stack::start_on(broker, dbs, options).await
+    }
+
+    /// The gateway simulator and the six services against a broker already
+    /// running (one configured like staging's, say).
+    pub async fn start_on(broker: Broker, dbs: Databases, options: Options) -> Stack {
+        platform::telemetry::init();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
         let gateway_url = format!("http://{}", listener.local_addr().expect("gateway address"));
         let gateway_stop = CancellationToken::new();
