@@ -1,29 +1,45 @@
 #!/usr/bin/env bash
 # The whole system on one machine, on the embedded defaults: builds the binaries,
-# starts Tansu (sqlite engine, data/broker.db), the payment gateway simulator and
-# the six services (SQLite files data/<service>.db), creates the topics, runs the
-# demo, then waits for Ctrl-C and stops everything gracefully (SIGTERM).
+# starts the broker (Tansu on its sqlite engine, data/broker.db; or Apache Kafka,
+# data/kafka/), the payment gateway simulator and the six services (SQLite files
+# data/<service>.db), creates the topics, runs the demo, then waits for Ctrl-C
+# and stops everything gracefully (SIGTERM).
 #
-#   scripts/run-local.sh           bring it up, run the demo, keep running until Ctrl-C
-#   scripts/run-local.sh --check   bring it up, run `shopctl demo --check`, shut down,
-#                                  exit with the demo's status
+#   scripts/run-local.sh [--broker tansu|kafka]           bring it up, run the demo, keep running until Ctrl-C
+#   scripts/run-local.sh [--broker tansu|kafka] --check   bring it up, run `shopctl demo --check`,
+#                                                         shut down, exit with the demo's status
 #
-# Environment: BROKER_PORT (9092), GATEWAY_PORT (8090), HTTP_PORT_BASE (8081: the
-# services listen on 8081..8086), DEMO_TIMEOUT (120s), RUST_LOG (info).
+# Tansu (the default) is one Rust binary, no JVM; Kafka is the broker the system
+# is proven on and staging runs (its jars come from Maven Central; needs a JDK).
+# Environment: BROKER_PORT (9092; Kafka's controller takes the next port),
+# GATEWAY_PORT (8090), HTTP_PORT_BASE (8081: the services listen on 8081..8086),
+# DEMO_TIMEOUT (120s), RUST_LOG (info).
 # Data and logs: ./data (data/logs/<name>.log). Delete ./data for a fresh start.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 check=0
-case "${1:-}" in
-    "") ;;
-    --check) check=1 ;;
-    -h | --help) usage; exit 0 ;;
-    *) echo "run-local.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+broker=tansu
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --check) check=1 ;;
+        --broker)
+            broker=${2:-}
+            shift
+            ;;
+        --broker=*) broker=${1#--broker=} ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "run-local.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$broker" in
+    tansu | kafka) ;;
+    *) echo "run-local.sh: --broker must be tansu or kafka, not '$broker'" >&2; exit 2 ;;
 esac
 
 BROKER_PORT=${BROKER_PORT:-9092}
@@ -61,10 +77,20 @@ for name in "${services[@]}" gateway-sim shopctl; do
 done
 shopctl() { "$bin/shopctl" --brokers "$brokers" "$@"; }
 
-say "finding Tansu (built once by scripts/tansu.sh, about 8 minutes on 2 cores)"
-tansu=$("$root/scripts/tansu.sh")
+if [ "$broker" = tansu ]; then
+    say "finding Tansu (built once by scripts/tansu.sh, about 14 minutes on 2 cores)"
+    tansu=$("$root/scripts/tansu.sh")
+    # Tansu holds every fetch for the whole wait (Kafka answers as soon as a
+    # record is there), so the services' consumers must not wait long.
+    export KAFKA_FETCH_WAIT_MAX=10ms
+    broker_ports=("$BROKER_PORT")
+else
+    say "finding the Apache Kafka jars (fetched once by scripts/kafka.sh)"
+    "$root/scripts/kafka.sh" >/dev/null
+    broker_ports=("$BROKER_PORT" $((BROKER_PORT + 1)))
+fi
 
-for port in "$BROKER_PORT" "$GATEWAY_PORT" $(seq "$HTTP_PORT_BASE" $((HTTP_PORT_BASE + ${#services[@]} - 1))); do
+for port in "${broker_ports[@]}" "$GATEWAY_PORT" $(seq "$HTTP_PORT_BASE" $((HTTP_PORT_BASE + ${#services[@]} - 1))); do
     if port_in_use "$port"; then
         die "port $port is already in use (another run-local.sh? set BROKER_PORT / GATEWAY_PORT / HTTP_PORT_BASE)"
     fi
@@ -136,15 +162,22 @@ wait_for() {
     done
 }
 
-# Tansu reads the sqlite:// path relative to its working directory (the repository root).
-start tansu "$tansu" broker \
-    --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers" \
-    --storage-engine "sqlite://data/broker.db"
-broker_up() { shopctl --timeout 1s topics list >/dev/null 2>&1; }
-wait_for tansu "${pids[-1]}" 60 broker_up
-say "broker up at $brokers (sqlite engine, data/broker.db)"
+if [ "$broker" = tansu ]; then
+    # Tansu reads the sqlite:// path relative to its working directory (the repository root).
+    start tansu "$tansu" broker \
+        --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers" \
+        --storage-engine "sqlite://data/broker.db"
+    storage="sqlite engine, data/broker.db"
+else
+    # One node, broker and controller; its log is data/kafka/server.log.
+    start kafka "$root/scripts/kafka.sh" run "$BROKER_PORT" "$data/kafka"
+    storage="Apache Kafka, data/kafka/"
+fi
+# Up means a client can create a topic: the topics the services need.
+topics_created() { shopctl --timeout 2s topics create >/dev/null 2>&1; }
+wait_for "$broker" "${pids[-1]}" 120 topics_created
+say "broker up at $brokers ($storage)"
 
-shopctl topics create >/dev/null
 say "topics created (catalogue topics, and each service's .dlq and .replay)"
 
 start gateway-sim env GATEWAY_LISTEN="127.0.0.1:$GATEWAY_PORT" "$bin/gateway-sim"

@@ -8,7 +8,9 @@
 //!    redelivery, nothing to do), lets the handler change state and emit events
 //!    into the outbox, and commits;
 //! 3. retries transient failures with exponential back-off and jitter, bounded in
-//!    attempts and time; then dead-letters;
+//!    attempts and time; then dead-letters. A handler that panics is caught: the
+//!    record is tried once more, then dead-lettered as permanent with the panic
+//!    message, and the partition goes on with the records behind it;
 //! 4. stores the offset only once the transaction committed or the dead letter was
 //!    acknowledged. Auto-commit sends stored offsets; shutdown commits them.
 //!
@@ -19,12 +21,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use events::{Envelope, Message};
+use futures::FutureExt as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -335,8 +339,12 @@ impl<H: Handler> Worker<H> {
         let attempts = AtomicUsize::new(0);
         let first_failure = AtomicI64::new(0);
         let apply = || async {
-            attempts.fetch_add(1, Ordering::Relaxed);
-            let result = self.apply(&envelope, trace_id).await;
+            let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            // The transaction is dropped (rolled back) while unwinding.
+            let result = match AssertUnwindSafe(self.apply(&envelope, trace_id)).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => Err(panicked(panic.as_ref(), attempt)),
+            };
             if result.is_err() {
                 let _ = first_failure.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
             }
@@ -435,6 +443,22 @@ impl<H: Handler> Worker<H> {
                 }
             }
         }
+    }
+}
+
+/// A panicking handler is a bug or data it cannot cope with: worth one more try
+/// (the state it read may have moved on), then permanent.
+fn panicked(panic: &(dyn std::any::Any + Send), attempt: usize) -> HandlerError {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned());
+    let message = format!("handler panicked: {text}");
+    if attempt < 2 {
+        HandlerError::transient(message)
+    } else {
+        HandlerError::permanent(message)
     }
 }
 

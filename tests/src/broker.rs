@@ -138,7 +138,7 @@ impl Broker {
     /// created. It can be killed, not restarted.
     pub async fn adopt_kafka(child: Child, port: u16, dir: &Path) -> Broker {
         let node = Node { child: Some(child), port, node_id: 1, controller_port: 0, dir: dir.to_owned() };
-        let broker = Broker {
+        let mut broker = Broker {
             kind: BrokerKind::Kafka,
             addr: format!("127.0.0.1:{port}"),
             nodes: vec![node],
@@ -148,8 +148,9 @@ impl Broker {
             overrides: Vec::new(),
             scratch: None,
         };
-        let addr = broker.addr.clone();
-        tokio::task::spawn_blocking(move || wait_topic_creatable(&addr, 1)).await.expect("ready check");
+        if let Err(why) = tokio::task::block_in_place(|| broker.wait_ready(1)) {
+            panic!("the adopted Kafka did not start: {why}");
+        }
         broker
     }
 
@@ -169,7 +170,30 @@ impl Broker {
         Broker::spawn_all(BrokerKind::Kafka, dir, nodes, "", &[]).await
     }
 
+    /// Starts `count` nodes and waits until they are ready. A node that exits
+    /// during start-up (most likely a port another process took since
+    /// [`free_port`] saw it free) is started afresh on new ports, twice at most.
     async fn spawn_all(kind: BrokerKind, dir: &Path, count: usize, storage: &str, overrides: &[&str]) -> Broker {
+        let replication = if count >= 3 { 3 } else { 1 };
+        let mut attempt = 1;
+        loop {
+            let mut broker = Broker::spawn_once(kind, dir, count, storage, overrides);
+            match tokio::task::block_in_place(|| broker.wait_ready(replication)) {
+                Ok(()) => return broker,
+                Err(why) if attempt < 3 => {
+                    eprintln!("{} did not start (attempt {attempt}), trying new ports: {why}", kind.name());
+                    broker.kill();
+                    for node in &broker.nodes {
+                        let _ = std::fs::remove_dir_all(&node.dir);
+                    }
+                    attempt += 1;
+                }
+                Err(why) => panic!("{} did not start: {why}", kind.name()),
+            }
+        }
+    }
+
+    fn spawn_once(kind: BrokerKind, dir: &Path, count: usize, storage: &str, overrides: &[&str]) -> Broker {
         let nodes: Vec<Node> = (1..=count)
             .map(|i| Node {
                 child: None,
@@ -203,10 +227,35 @@ impl Broker {
         for index in 0..broker.nodes.len() {
             broker.spawn(index);
         }
-        let replication = if count >= 3 { 3 } else { 1 };
-        let addr = broker.addr.clone();
-        tokio::task::spawn_blocking(move || wait_topic_creatable(&addr, replication)).await.expect("ready check");
         broker
+    }
+
+    /// Ready means a client can create a topic (with `replication` replicas), not
+    /// a line in a log: the controller has a quorum and enough brokers registered.
+    fn wait_ready(&mut self, replication: i32) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let admin: AdminClient<DefaultClientContext> =
+            platform::kafka::client_config(&self.addr).create().map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let topic = NewTopic::new("harness.ready", 1, TopicReplication::Fixed(replication));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        loop {
+            let exited = self.nodes.iter_mut().find_map(|node| match node.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(format!("node {} exited ({status})", node.node_id)),
+                _ => None,
+            });
+            if let Some(exited) = exited {
+                return Err(format!("{exited}\n{}", self.log_tail(20)));
+            }
+            let outcome = runtime.block_on(admin.create_topics([&topic], &options));
+            match outcome.as_deref() {
+                Ok([Ok(_)]) | Ok([Err((_, RDKafkaErrorCode::TopicAlreadyExists))]) => return Ok(()),
+                other if Instant::now() > deadline => {
+                    return Err(format!("no topic could be created within 120 s: {other:?}\n{}", self.log_tail(20)))
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 
     fn spawn(&mut self, index: usize) {
@@ -311,7 +360,12 @@ impl Broker {
             for file in ["server.log", "process.out"] {
                 let Ok(text) = std::fs::read_to_string(node.dir.join(file)) else { continue };
                 let tail: Vec<&str> = text.lines().rev().take(lines).collect();
-                out.push_str(&format!("--- {} node {} {file} (last {} lines)\n", self.kind.name(), node.node_id, tail.len()));
+                out.push_str(&format!(
+                    "--- {} node {} {file} (last {} lines)\n",
+                    self.kind.name(),
+                    node.node_id,
+                    tail.len()
+                ));
                 for line in tail.into_iter().rev() {
                     out.push_str(line);
                     out.push('\n');
@@ -333,28 +387,13 @@ impl Broker {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "{} node {} at {addr} did not come back", self.kind.name(), node.node_id);
+            assert!(
+                Instant::now() < deadline,
+                "{} node {} at {addr} did not come back",
+                self.kind.name(),
+                node.node_id
+            );
             std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-/// Ready means a client can create a topic (with `replication` replicas), not a
-/// line in a log: the controller has a quorum and enough brokers registered.
-fn wait_topic_creatable(addr: &str, replication: i32) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let admin: AdminClient<DefaultClientContext> = platform::kafka::client_config(addr).create().expect("admin client");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let topic = NewTopic::new("harness.ready", 1, TopicReplication::Fixed(replication));
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
-    loop {
-        let outcome = runtime.block_on(admin.create_topics([&topic], &options));
-        match outcome.as_deref() {
-            Ok([Ok(_)]) | Ok([Err((_, RDKafkaErrorCode::TopicAlreadyExists))]) => return,
-            other => {
-                assert!(Instant::now() < deadline, "no topic could be created on {addr} within 120 s: {other:?}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
         }
     }
 }
