@@ -67,7 +67,12 @@ impl ProcessStack {
 
     /// The gateway simulator and the six services against a broker already running
     /// (a Kafka cluster, say).
-    pub async fn start_on(broker: Broker, dbs: Databases, bin_dir: PathBuf, env: Vec<(String, String)>) -> ProcessStack {
+    pub async fn start_on(
+        broker: Broker,
+        dbs: Databases,
+        bin_dir: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> ProcessStack {
         let logs = dbs.dir().join("logs");
         std::fs::create_dir_all(&logs).expect("log dir");
         let gateway_port = free_port();
