@@ -1,8 +1,9 @@
 //! The consumer loop, written once for all services.
 //!
-//! Records are fanned out to one worker per partition, so a partition is processed
-//! strictly in order while a slow or retrying partition does not hold up the
-//! others. For each record a worker:
+//! Records are fanned out to one worker per partition ([`dispatch`]), so a
+//! partition is processed strictly in order while a slow or retrying partition
+//! does not hold up the others: its fetching is paused, never the receive loop.
+//! For each record a worker:
 //! 1. decodes it (failure: permanent, dead-lettered);
 //! 2. opens a transaction, records the event id in the inbox (already there: a
 //!    redelivery, nothing to do), lets the handler change state and emit events
@@ -19,7 +20,8 @@
 //! offsets stand still (a wedged group membership). The consumer then finishes
 //! its work, commits, and joins the group afresh.
 
-use std::collections::HashMap;
+mod dispatch;
+
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -170,18 +172,27 @@ async fn session<H: Handler>(
 
     // Workers stop with the session: on shutdown, or when it is found stalled.
     let stop = shutdown.child_token();
-    let mut partitions: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
+    let mut dispatcher = dispatch::Dispatcher::default();
     let mut tasks = JoinSet::new();
+    let mut spawn_worker = || {
+        let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);
+        tasks.spawn(partition_worker(worker.clone(), receiver, stop.clone()));
+        sender
+    };
     // Well past a rebalance by default, so only a wedged membership trips it.
     let mut stall_check = tokio::time::interval(worker.settings.stall_after);
     stall_check.reset();
     let mut received_since_check = false;
     let mut waiting_at_check: Option<Vec<String>> = None;
     let mut ended = Ended::Shutdown;
-    'receive: loop {
+    loop {
         let received = tokio::select! {
             _ = stop.cancelled() => break,
             received = consumer.recv() => received.map(|m| m.detach()),
+            Some((partition, room)) = dispatcher.room() => {
+                dispatcher.fill(partition, room, consumer.as_ref(), &mut spawn_worker);
+                continue;
+            }
             _ = stall_check.tick() => {
                 let idle = !std::mem::take(&mut received_since_check)
                     && worker.in_flight.load(Ordering::Relaxed) == 0;
@@ -195,7 +206,7 @@ async fn session<H: Handler>(
                 continue;
             }
         };
-        let mut record = match received {
+        let record = match received {
             Ok(record) => record,
             Err(error) => {
                 tracing::warn!(%error, "consumer error");
@@ -204,38 +215,17 @@ async fn session<H: Handler>(
             }
         };
         received_since_check = true;
-        let key = (record.topic().to_owned(), record.partition());
-        loop {
-            let queue = partitions.entry(key.clone()).or_insert_with(|| {
-                let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);
-                tasks.spawn(partition_worker(worker.clone(), receiver, stop.clone()));
-                sender
-            });
-            worker.in_flight.fetch_add(1, Ordering::Relaxed);
-            let sent = tokio::select! {
-                _ = stop.cancelled() => break 'receive,
-                sent = queue.send(record) => sent,
-            };
-            match sent {
-                Ok(()) => break,
-                // The worker died (a handler panicked; see the reaping below). Its
-                // records from here on go to a new worker; those it held were
-                // never stored, so they come again after a restart.
-                Err(mpsc::error::SendError(returned)) => {
-                    worker.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    partitions.remove(&key);
-                    record = returned;
-                }
-            }
-        }
-        while let Some(done) = tasks.try_join_next() {
-            if let Err(error) = done {
-                tracing::error!(%error, "partition worker died; starting a new one for its next record");
-            }
+        worker.in_flight.fetch_add(1, Ordering::Relaxed);
+        dispatcher.dispatch(record, consumer.as_ref(), &mut spawn_worker);
+    }
+    drop(dispatcher);
+    drop(spawn_worker);
+    while let Some(done) = tasks.join_next().await {
+        // Handler panics are caught in the worker; this is a bug in the loop itself.
+        if let Err(error) = done {
+            tracing::error!(%error, "partition worker died");
         }
     }
-    drop(partitions);
-    while tasks.join_next().await.is_some() {}
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!(group = %worker.settings.group_id, "offsets committed"),
         Err(error) => tracing::debug!(%error, "final commit (nothing stored is fine)"),

@@ -2,8 +2,10 @@
 //! behind the real loop, against a real broker and database. Runs on Apache
 //! Kafka and on Tansu, each on SQLite and PostgreSQL.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use events::{Envelope, Message, RegisterUser};
 use platform::consumer::{self, ConsumerSettings, RetryPolicy};
@@ -16,7 +18,10 @@ use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-saga_tests::on_every_target!(a_panicking_handler_dead_letters_its_record_and_the_partition_goes_on);
+saga_tests::on_every_target!(
+    a_panicking_handler_dead_letters_its_record_and_the_partition_goes_on,
+    a_blocked_partition_does_not_hold_up_the_others,
+);
 
 const GROUP: &str = "consumer-test";
 
@@ -52,36 +57,14 @@ async fn a_panicking_handler_dead_letters_its_record_and_the_partition_goes_on(t
 
     let producer = platform::kafka::producer(&broker.addr).expect("producer");
     for user_id in ["before", "panic", "after-1", "after-2"] {
-        let envelope = Envelope::new(
-            RegisterUser { user_id: user_id.into(), email: format!("{user_id}@example.com"), name: user_id.into() },
-            "consumer-test",
-        );
-        let (headers, value) = (HeaderList::for_envelope(&envelope, None).to_kafka(), envelope.to_json());
-        let record = rdkafka::producer::FutureRecord::to(topic).key(envelope.key()).payload(&value).headers(headers);
-        producer.send(record, Duration::from_secs(30)).await.expect("publish");
+        publish_to(&producer, 0, &register_user(user_id)).await;
     }
 
     let handler = PanicsOnMarkedRecord::default();
     let applied = handler.applied.clone();
-    let settings = ConsumerSettings {
-        service: "consumer-test",
-        brokers: broker.addr.clone(),
-        group_id: GROUP.into(),
-        group_instance_id: None,
-        topics: vec![topic],
-        retry: RetryPolicy {
-            max_attempts: 8,
-            min_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(100),
-            max_elapsed: Duration::from_secs(10),
-        },
-        chaos_crash_after_commit: 0.0,
-        stall_after: Duration::from_secs(600),
-        fetch_wait_max: target.broker.fetch_wait_max(),
-    };
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(consumer::run(
-        settings,
+        settings(&broker),
         db.clone(),
         producer.clone(),
         Arc::new(Notify::new()),
@@ -110,6 +93,151 @@ async fn a_panicking_handler_dead_letters_its_record_and_the_partition_goes_on(t
     assert_eq!(inbox, 3);
     let committed = committed_offset(&broker.addr, topic, target.broker.fetch_wait_max()).await;
     assert_eq!(committed, Some(4), "the group's committed offset is past all four records");
+    db.close().await;
+    dbs.drop_all().await;
+}
+
+/// The consumer settings of these tests: short retries, no watchdog.
+fn settings(broker: &Broker) -> ConsumerSettings {
+    ConsumerSettings {
+        service: "consumer-test",
+        brokers: broker.addr.clone(),
+        group_id: GROUP.into(),
+        group_instance_id: None,
+        topics: vec![events::topics::USER_COMMANDS],
+        retry: RetryPolicy {
+            max_attempts: 8,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            max_elapsed: Duration::from_secs(10),
+        },
+        chaos_crash_after_commit: 0.0,
+        stall_after: Duration::from_secs(600),
+        fetch_wait_max: broker.kind.fetch_wait_max(),
+    }
+}
+
+fn register_user(user_id: &str) -> Envelope {
+    let email = format!("{user_id}@example.com");
+    Envelope::new(RegisterUser { user_id: user_id.into(), email, name: user_id.into() }, "consumer-test")
+}
+
+/// Publishes `envelope` to `partition` of user.commands; returns when acknowledged.
+async fn publish_to(producer: &rdkafka::producer::FutureProducer, partition: i32, envelope: &Envelope) {
+    let (headers, value) = (HeaderList::for_envelope(envelope, None).to_kafka(), envelope.to_json());
+    let record = rdkafka::producer::FutureRecord::to(envelope.topic())
+        .partition(partition)
+        .key(envelope.key())
+        .payload(&value)
+        .headers(headers);
+    producer.send(record, Duration::from_secs(30)).await.expect("publish");
+}
+
+/// Applies user registrations, noting when; the user id `block` fails as
+/// transient until released, so its partition's worker is in retry meanwhile
+/// (outside any transaction, as a real retry is).
+struct BlocksOnMarkedRecord {
+    applied: Arc<Mutex<HashMap<String, Instant>>>,
+    released: Arc<AtomicBool>,
+}
+
+impl Handler for BlocksOnMarkedRecord {
+    fn wants(&self, message: &Message) -> bool {
+        matches!(message, Message::RegisterUser(_))
+    }
+
+    async fn handle(&self, event: &Envelope, _tx: &mut Tx) -> Result<(), HandlerError> {
+        if let Message::RegisterUser(user) = &event.message {
+            if user.user_id == "block" && !self.released.load(Ordering::Relaxed) {
+                return Err(HandlerError::transient("blocked until the test releases it"));
+            }
+            self.applied.lock().unwrap_or_else(|p| p.into_inner()).insert(user.user_id.clone(), Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// Partition 0's worker is in retry with 300 records queued behind it, more than
+/// its queue holds; meanwhile records on partitions 1 and 2 are applied at their
+/// usual pace. Latencies (publish acknowledged -> applied) of both are printed.
+async fn a_blocked_partition_does_not_hold_up_the_others(target: Target) {
+    let dbs = Databases::new(target.backend);
+    // Tansu's memory engine can lose records of large batches read back from the start.
+    let broker = Broker::start(target.broker, dbs.dir(), BrokerStorage::Durable).await;
+    let topic = events::topics::USER_COMMANDS;
+    let (dlq, replay) = (events::topics::dead_letter(GROUP), events::topics::replay(GROUP));
+    platform::kafka::ensure_topics(&broker.addr, &[topic, &dlq, &replay], 3, 1).await.expect("topics");
+    let db = Db::connect(&dbs.url_for("consumer").await, 4, Duration::from_secs(5)).await.expect("database");
+    db.migrate(&Migrator::DEFAULT).await.expect("migrations");
+    let producer = platform::kafka::producer(&broker.addr).expect("producer");
+
+    let handler = BlocksOnMarkedRecord { applied: Arc::default(), released: Arc::default() };
+    let (applied, released) = (handler.applied.clone(), handler.released.clone());
+    let mut settings = settings(&broker);
+    // In retry for up to a minute, not dead-lettered meanwhile.
+    settings.retry.max_attempts = usize::MAX;
+    settings.retry.max_delay = Duration::from_millis(500);
+    settings.retry.max_elapsed = Duration::from_secs(60);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer::run(
+        settings,
+        db.clone(),
+        producer.clone(),
+        Arc::new(Notify::new()),
+        Arc::new(handler),
+        shutdown.clone(),
+    ));
+
+    let mut published: HashMap<String, Instant> = HashMap::new();
+    publish_to(&producer, 0, &register_user("block")).await;
+    for i in 0..300 {
+        let user_id = format!("stuck-{i}");
+        publish_to(&producer, 0, &register_user(&user_id)).await;
+        published.insert(user_id, Instant::now());
+    }
+    let others: Vec<String> = (0..40).map(|i| format!("other-{i}")).collect();
+    for (i, user_id) in others.iter().enumerate() {
+        publish_to(&producer, 1 + (i % 2) as i32, &register_user(user_id)).await;
+        published.insert(user_id.clone(), Instant::now());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(
+        "the other partitions' records applied while partition 0 is blocked",
+        Duration::from_secs(30),
+        || async {
+            let applied = applied.lock().unwrap_or_else(|p| p.into_inner());
+            let done = others.iter().filter(|u| applied.contains_key(*u)).count();
+            expect_eq("applied on partitions 1 and 2", done, others.len())
+        },
+    )
+    .await;
+    assert!(!applied.lock().unwrap_or_else(|p| p.into_inner()).contains_key("block"), "partition 0 was still blocked");
+
+    released.store(true, Ordering::Relaxed);
+    let released = Instant::now();
+    eventually("partition 0 drained after the release", Duration::from_secs(60), || async {
+        let done = applied.lock().unwrap_or_else(|p| p.into_inner()).len();
+        expect_eq("applied in all", done, 1 + 300 + 40)
+    })
+    .await;
+    let applied = applied.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let latency = |users: &mut dyn Iterator<Item = &String>| {
+        let mut ms: Vec<f64> = users
+            .filter_map(|u| Some(applied.get(u)?.saturating_duration_since(*published.get(u)?).as_secs_f64() * 1000.0))
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+        (at(0.5), at(0.99))
+    };
+    let (others_p50, others_p99) = latency(&mut others.iter());
+    let stuck: Vec<String> = (0..300).map(|i| format!("stuck-{i}")).collect();
+    let drained = stuck.iter().filter_map(|u| applied.get(u)).max().map(|t| t.saturating_duration_since(released));
+    println!(
+        "{target:?}: partitions 1-2 while partition 0 blocked: p50 {others_p50:.0} ms, p99 {others_p99:.0} ms; \
+         partition 0's 300 queued records drained {drained:?} after the release"
+    );
+    shutdown.cancel();
+    running.await.expect("consumer task").expect("consumer ends cleanly");
     db.close().await;
     dbs.drop_all().await;
 }
