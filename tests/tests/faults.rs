@@ -38,12 +38,13 @@ async fn scarce_stock_under_faults(target: Target) {
     assert_eq!(report.orders.get("REJECTED"), Some(&700), "{:?}", report.orders);
 }
 
-/// A few hundred orders (40 s at 8/s) on a three-node Kafka cluster while the
+/// A few hundred orders (60 s at 8/s offered; producers stall while partitions
+/// lose their leader) on a three-node Kafka cluster while the
 /// node leading order.events/0 is SIGKILLed and later restarted.
 async fn broker_failover(backend: Backend) {
     let plan = FaultPlan {
         faults: Faults::BrokerFailover,
-        duration: Duration::from_secs(40),
+        duration: Duration::from_secs(60),
         ..FaultPlan::short(seed(), Target::new(BrokerKind::Kafka, backend))
     };
     let report = run(plan).await;
