@@ -15,6 +15,10 @@
 //! 4. stores the offset only once the transaction committed or the dead letter was
 //!    acknowledged. Auto-commit sends stored offsets; shutdown commits them.
 //!
+//! On shutdown each worker finishes the record in hand (the attempt under way;
+//! a back-off in progress is cut short and the record left for redelivery),
+//! then the final commit runs.
+//!
 //! A watchdog covers the one failure the loop cannot see from inside: records
 //! waiting for the group on the broker while none arrive and the committed
 //! offsets stand still (a wedged group membership). The consumer then finishes
@@ -218,8 +222,8 @@ async fn session<H: Handler>(
         worker.in_flight.fetch_add(1, Ordering::Relaxed);
         dispatcher.dispatch(record, consumer.as_ref(), &mut spawn_worker);
     }
+    // Closes every partition queue: each worker finishes the record in hand.
     drop(dispatcher);
-    drop(spawn_worker);
     while let Some(done) = tasks.join_next().await {
         // Handler panics are caught in the worker; this is a bug in the loop itself.
         if let Err(error) = done {
@@ -330,6 +334,9 @@ impl<H: Handler> Worker<H> {
         let first_failure = AtomicI64::new(0);
         let apply = || async {
             let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            if attempt > 1 && shutdown.is_cancelled() {
+                return Err(HandlerError::transient("shutting down"));
+            }
             // The transaction is dropped (rolled back) while unwinding.
             let result = match AssertUnwindSafe(self.apply(&envelope, trace_id)).catch_unwind().await {
                 Ok(result) => result,
@@ -340,18 +347,31 @@ impl<H: Handler> Worker<H> {
             }
             result
         };
+        // Shutdown cuts a back-off short and ends the retries, but never an
+        // attempt in progress: the record in hand is finished.
+        let stopping = shutdown.clone();
         let retried = apply
             .retry(self.settings.retry.backoff())
-            .when(HandlerError::is_transient)
+            .sleep(move |delay| {
+                let stopping = stopping.clone();
+                async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopping.cancelled() => {}
+                    }
+                }
+            })
+            .when(|error| error.is_transient() && !shutdown.is_cancelled())
             .notify(|error, delay| {
                 metrics::counter!("handler_retries_total", "service" => service).increment(1);
                 tracing::warn!(event_id = %envelope.event_id, event_type = envelope.event_type(), %error, ?delay, "retrying");
             });
         let started = std::time::Instant::now();
-        let result = tokio::select! {
-            result = retried => result,
-            _ = shutdown.cancelled() => return None,
-        };
+        let result = retried.await;
+        if shutdown.is_cancelled() && result.as_ref().is_err_and(HandlerError::is_transient) {
+            // Retries cut short: not stored, so delivered again after the restart.
+            return None;
+        }
         metrics::histogram!("handler_duration_seconds", "service" => service, "event_type" => envelope.event_type())
             .record(started.elapsed().as_secs_f64());
         match result {

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 saga_tests::on_every_target!(
     a_panicking_handler_dead_letters_its_record_and_the_partition_goes_on,
     a_blocked_partition_does_not_hold_up_the_others,
+    shutdown_finishes_the_record_in_hand,
 );
 
 const GROUP: &str = "consumer-test";
@@ -238,6 +239,63 @@ async fn a_blocked_partition_does_not_hold_up_the_others(target: Target) {
     );
     shutdown.cancel();
     running.await.expect("consumer task").expect("consumer ends cleanly");
+    db.close().await;
+    dbs.drop_all().await;
+}
+
+/// Takes three seconds over each record, inside its transaction, and says when
+/// it started one.
+#[derive(Default)]
+struct Slow {
+    started: Arc<AtomicBool>,
+}
+
+impl Handler for Slow {
+    fn wants(&self, message: &Message) -> bool {
+        matches!(message, Message::RegisterUser(_))
+    }
+
+    async fn handle(&self, _event: &Envelope, _tx: &mut Tx) -> Result<(), HandlerError> {
+        self.started.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok(())
+    }
+}
+
+/// Shutdown requested while a handler is busy with a record: the record's
+/// transaction commits and its offset is committed before the loop returns.
+async fn shutdown_finishes_the_record_in_hand(target: Target) {
+    let dbs = Databases::new(target.backend);
+    let broker = Broker::start(target.broker, dbs.dir(), BrokerStorage::Memory).await;
+    let topic = events::topics::USER_COMMANDS;
+    let (dlq, replay) = (events::topics::dead_letter(GROUP), events::topics::replay(GROUP));
+    platform::kafka::ensure_topics(&broker.addr, &[topic, &dlq, &replay], 1, 1).await.expect("topics");
+    let db = Db::connect(&dbs.url_for("consumer").await, 4, Duration::from_secs(5)).await.expect("database");
+    db.migrate(&Migrator::DEFAULT).await.expect("migrations");
+    let producer = platform::kafka::producer(&broker.addr).expect("producer");
+    publish_to(&producer, 0, &register_user("in-hand")).await;
+
+    let handler = Slow::default();
+    let started = handler.started.clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer::run(
+        settings(&broker),
+        db.clone(),
+        producer.clone(),
+        Arc::new(Notify::new()),
+        Arc::new(handler),
+        shutdown.clone(),
+    ));
+    eventually("the handler has the record", Duration::from_secs(60), || async {
+        expect_eq("started", started.load(Ordering::Relaxed), true)
+    })
+    .await;
+    shutdown.cancel();
+    running.await.expect("consumer task").expect("consumer ends cleanly");
+    let inbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox").fetch_one(db.pool()).await.expect("inbox");
+    assert_eq!(inbox, 1, "the record in hand was committed");
+    let committed = committed_offset(&broker.addr, topic, target.broker.fetch_wait_max()).await;
+    assert_eq!(committed, Some(1), "and its offset");
     db.close().await;
     dbs.drop_all().await;
 }
