@@ -12,10 +12,12 @@ use platform::consumer::{self, ConsumerSettings, RetryPolicy};
 use platform::dead_letter::DeadLetterInfo;
 use platform::kafka::HeaderList;
 use platform::{Db, Handler, HandlerError, Tx};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message as _;
 use saga_tests::{eventually, expect_eq, Broker, BrokerStorage, Databases, Target};
 use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 saga_tests::on_every_target!(
@@ -47,38 +49,21 @@ impl Handler for PanicsOnMarkedRecord {
 }
 
 async fn a_panicking_handler_dead_letters_its_record_and_the_partition_goes_on(target: Target) {
-    let dbs = Databases::new(target.backend);
-    let broker = Broker::start(target.broker, dbs.dir(), BrokerStorage::Memory).await;
-    let topic = events::topics::USER_COMMANDS;
-    let (dlq, replay) = (events::topics::dead_letter(GROUP), events::topics::replay(GROUP));
     // One partition: the records behind the marked one wait in the same queue.
-    platform::kafka::ensure_topics(&broker.addr, &[topic, &dlq, &replay], 1, 1).await.expect("topics");
-    let db = Db::connect(&dbs.url_for("consumer").await, 4, Duration::from_secs(5)).await.expect("database");
-    db.migrate(&Migrator::DEFAULT).await.expect("migrations");
-
-    let producer = platform::kafka::producer(&broker.addr).expect("producer");
+    let mut fixture = Fixture::start(target, 1, BrokerStorage::Memory).await;
     for user_id in ["before", "panic", "after-1", "after-2"] {
-        publish_to(&producer, 0, &register_user(user_id)).await;
+        fixture.publish(0, user_id).await;
     }
-
     let handler = PanicsOnMarkedRecord::default();
     let applied = handler.applied.clone();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(consumer::run(
-        settings(&broker),
-        db.clone(),
-        producer.clone(),
-        Arc::new(Notify::new()),
-        Arc::new(handler),
-        shutdown.clone(),
-    ));
+    fixture.consume(fixture.settings(), handler);
 
     eventually("the records behind the marked one applied", Duration::from_secs(60), || async {
         let applied = applied.lock().unwrap_or_else(|p| p.into_inner()).clone();
         expect_eq("applied", applied, vec!["before".to_owned(), "after-1".to_owned(), "after-2".to_owned()])
     })
     .await;
-    let letters = saga_tests::stack::read_topic_at(&broker.addr, &dlq).await;
+    let letters = saga_tests::stack::read_topic_at(&fixture.broker.addr, &events::topics::dead_letter(GROUP)).await;
     assert_eq!(letters.len(), 1, "the marked record alone is dead-lettered");
     let info =
         DeadLetterInfo::from_headers(&HeaderList::from_kafka(letters[0].headers())).expect("dead-letter headers");
@@ -88,50 +73,10 @@ async fn a_panicking_handler_dead_letters_its_record_and_the_partition_goes_on(t
 
     // Every offset is stored (nothing is redelivered to a new member) and nothing
     // was applied twice: the inbox has the three applied records.
-    shutdown.cancel();
-    running.await.expect("consumer task").expect("consumer ends cleanly");
-    let inbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox").fetch_one(db.pool()).await.expect("inbox");
-    assert_eq!(inbox, 3);
-    let committed = committed_offset(&broker.addr, topic, target.broker.fetch_wait_max()).await;
-    assert_eq!(committed, Some(4), "the group's committed offset is past all four records");
-    db.close().await;
-    dbs.drop_all().await;
-}
-
-/// The consumer settings of these tests: short retries, no watchdog.
-fn settings(broker: &Broker) -> ConsumerSettings {
-    ConsumerSettings {
-        service: "consumer-test",
-        brokers: broker.addr.clone(),
-        group_id: GROUP.into(),
-        group_instance_id: None,
-        topics: vec![events::topics::USER_COMMANDS],
-        retry: RetryPolicy {
-            max_attempts: 8,
-            min_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(100),
-            max_elapsed: Duration::from_secs(10),
-        },
-        chaos_crash_after_commit: 0.0,
-        stall_after: Duration::from_secs(600),
-        fetch_wait_max: broker.kind.fetch_wait_max(),
-    }
-}
-
-fn register_user(user_id: &str) -> Envelope {
-    let email = format!("{user_id}@example.com");
-    Envelope::new(RegisterUser { user_id: user_id.into(), email, name: user_id.into() }, "consumer-test")
-}
-
-/// Publishes `envelope` to `partition` of user.commands; returns when acknowledged.
-async fn publish_to(producer: &rdkafka::producer::FutureProducer, partition: i32, envelope: &Envelope) {
-    let (headers, value) = (HeaderList::for_envelope(envelope, None).to_kafka(), envelope.to_json());
-    let record = rdkafka::producer::FutureRecord::to(envelope.topic())
-        .partition(partition)
-        .key(envelope.key())
-        .payload(&value)
-        .headers(headers);
-    producer.send(record, Duration::from_secs(30)).await.expect("publish");
+    fixture.stop_consuming().await;
+    assert_eq!(fixture.inbox_rows().await, 3);
+    assert_eq!(fixture.committed_offset().await, Some(4), "the group's committed offset is past all four records");
+    fixture.finish().await;
 }
 
 /// Applies user registrations, noting when; the user id `block` fails as
@@ -162,43 +107,27 @@ impl Handler for BlocksOnMarkedRecord {
 /// its queue holds; meanwhile records on partitions 1 and 2 are applied at their
 /// usual pace. Latencies (publish acknowledged -> applied) of both are printed.
 async fn a_blocked_partition_does_not_hold_up_the_others(target: Target) {
-    let dbs = Databases::new(target.backend);
     // Tansu's memory engine can lose records of large batches read back from the start.
-    let broker = Broker::start(target.broker, dbs.dir(), BrokerStorage::Durable).await;
-    let topic = events::topics::USER_COMMANDS;
-    let (dlq, replay) = (events::topics::dead_letter(GROUP), events::topics::replay(GROUP));
-    platform::kafka::ensure_topics(&broker.addr, &[topic, &dlq, &replay], 3, 1).await.expect("topics");
-    let db = Db::connect(&dbs.url_for("consumer").await, 4, Duration::from_secs(5)).await.expect("database");
-    db.migrate(&Migrator::DEFAULT).await.expect("migrations");
-    let producer = platform::kafka::producer(&broker.addr).expect("producer");
-
+    let mut fixture = Fixture::start(target, 3, BrokerStorage::Durable).await;
     let handler = BlocksOnMarkedRecord { applied: Arc::default(), released: Arc::default() };
     let (applied, released) = (handler.applied.clone(), handler.released.clone());
-    let mut settings = settings(&broker);
+    let mut settings = fixture.settings();
     // In retry for up to a minute, not dead-lettered meanwhile.
     settings.retry.max_attempts = usize::MAX;
     settings.retry.max_delay = Duration::from_millis(500);
     settings.retry.max_elapsed = Duration::from_secs(60);
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(consumer::run(
-        settings,
-        db.clone(),
-        producer.clone(),
-        Arc::new(Notify::new()),
-        Arc::new(handler),
-        shutdown.clone(),
-    ));
+    fixture.consume(settings, handler);
 
     let mut published: HashMap<String, Instant> = HashMap::new();
-    publish_to(&producer, 0, &register_user("block")).await;
+    fixture.publish(0, "block").await;
     for i in 0..300 {
         let user_id = format!("stuck-{i}");
-        publish_to(&producer, 0, &register_user(&user_id)).await;
+        fixture.publish(0, &user_id).await;
         published.insert(user_id, Instant::now());
     }
     let others: Vec<String> = (0..40).map(|i| format!("other-{i}")).collect();
     for (i, user_id) in others.iter().enumerate() {
-        publish_to(&producer, 1 + (i % 2) as i32, &register_user(user_id)).await;
+        fixture.publish(1 + (i % 2) as i32, user_id).await;
         published.insert(user_id.clone(), Instant::now());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -237,10 +166,7 @@ async fn a_blocked_partition_does_not_hold_up_the_others(target: Target) {
         "{target:?}: partitions 1-2 while partition 0 blocked: p50 {others_p50:.0} ms, p99 {others_p99:.0} ms; \
          partition 0's 300 queued records drained {drained:?} after the release"
     );
-    shutdown.cancel();
-    running.await.expect("consumer task").expect("consumer ends cleanly");
-    db.close().await;
-    dbs.drop_all().await;
+    fixture.finish().await;
 }
 
 /// Takes three seconds over each record, inside its transaction, and says when
@@ -265,52 +191,118 @@ impl Handler for Slow {
 /// Shutdown requested while a handler is busy with a record: the record's
 /// transaction commits and its offset is committed before the loop returns.
 async fn shutdown_finishes_the_record_in_hand(target: Target) {
-    let dbs = Databases::new(target.backend);
-    let broker = Broker::start(target.broker, dbs.dir(), BrokerStorage::Memory).await;
-    let topic = events::topics::USER_COMMANDS;
-    let (dlq, replay) = (events::topics::dead_letter(GROUP), events::topics::replay(GROUP));
-    platform::kafka::ensure_topics(&broker.addr, &[topic, &dlq, &replay], 1, 1).await.expect("topics");
-    let db = Db::connect(&dbs.url_for("consumer").await, 4, Duration::from_secs(5)).await.expect("database");
-    db.migrate(&Migrator::DEFAULT).await.expect("migrations");
-    let producer = platform::kafka::producer(&broker.addr).expect("producer");
-    publish_to(&producer, 0, &register_user("in-hand")).await;
-
+    let mut fixture = Fixture::start(target, 1, BrokerStorage::Memory).await;
+    fixture.publish(0, "in-hand").await;
     let handler = Slow::default();
     let started = handler.started.clone();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(consumer::run(
-        settings(&broker),
-        db.clone(),
-        producer.clone(),
-        Arc::new(Notify::new()),
-        Arc::new(handler),
-        shutdown.clone(),
-    ));
+    fixture.consume(fixture.settings(), handler);
     eventually("the handler has the record", Duration::from_secs(60), || async {
         expect_eq("started", started.load(Ordering::Relaxed), true)
     })
     .await;
-    shutdown.cancel();
-    running.await.expect("consumer task").expect("consumer ends cleanly");
-    let inbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox").fetch_one(db.pool()).await.expect("inbox");
-    assert_eq!(inbox, 1, "the record in hand was committed");
-    let committed = committed_offset(&broker.addr, topic, target.broker.fetch_wait_max()).await;
-    assert_eq!(committed, Some(1), "and its offset");
-    db.close().await;
-    dbs.drop_all().await;
+    fixture.stop_consuming().await;
+    assert_eq!(fixture.inbox_rows().await, 1, "the record in hand was committed");
+    assert_eq!(fixture.committed_offset().await, Some(1), "and its offset");
+    fixture.finish().await;
 }
 
-async fn committed_offset(brokers: &str, topic: &str, fetch_wait: Duration) -> Option<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer =
-            platform::kafka::consumer_config(&brokers, GROUP, None, fetch_wait).create().expect("consumer");
-        let mut list = rdkafka::TopicPartitionList::new();
-        list.add_partition(&topic, 0);
-        let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
-        committed.elements().first().and_then(|e| e.offset().to_raw())
-    })
-    .await
-    .expect("lookup")
+/// A broker, a database with the platform's tables, a producer, and the consumer
+/// loop of the test's handler once [`Fixture::consume`] is called.
+struct Fixture {
+    dbs: Databases,
+    broker: Broker,
+    db: Db,
+    producer: FutureProducer,
+    shutdown: CancellationToken,
+    running: Option<JoinHandle<Result<(), platform::Error>>>,
+}
+
+impl Fixture {
+    /// user.commands with `partitions` partitions, and the group's DLQ and replay topics.
+    async fn start(target: Target, partitions: i32, storage: BrokerStorage) -> Fixture {
+        let dbs = Databases::new(target.backend);
+        let broker = Broker::start(target.broker, dbs.dir(), storage).await;
+        let (dlq, replay) = (events::topics::dead_letter(GROUP), events::topics::replay(GROUP));
+        platform::kafka::ensure_topics(&broker.addr, &[events::topics::USER_COMMANDS, &dlq, &replay], partitions, 1)
+            .await
+            .expect("topics");
+        let db = Db::connect(&dbs.url_for("consumer").await, 4, Duration::from_secs(5)).await.expect("database");
+        db.migrate(&Migrator::DEFAULT).await.expect("migrations");
+        let producer = platform::kafka::producer(&broker.addr).expect("producer");
+        Fixture { dbs, broker, db, producer, shutdown: CancellationToken::new(), running: None }
+    }
+
+    /// The consumer settings of these tests: short retries, no watchdog.
+    fn settings(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            service: "consumer-test",
+            brokers: self.broker.addr.clone(),
+            group_id: GROUP.into(),
+            group_instance_id: None,
+            topics: vec![events::topics::USER_COMMANDS],
+            retry: RetryPolicy {
+                max_attempts: 8,
+                min_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(100),
+                max_elapsed: Duration::from_secs(10),
+            },
+            chaos_crash_after_commit: 0.0,
+            stall_after: Duration::from_secs(600),
+            fetch_wait_max: self.broker.kind.fetch_wait_max(),
+        }
+    }
+
+    fn consume(&mut self, settings: ConsumerSettings, handler: impl Handler) {
+        let (db, producer) = (self.db.clone(), self.producer.clone());
+        let run =
+            consumer::run(settings, db, producer, Arc::new(Notify::new()), Arc::new(handler), self.shutdown.clone());
+        self.running = Some(tokio::spawn(run));
+    }
+
+    /// Publishes a registration of `user_id` to `partition`; returns when acknowledged.
+    async fn publish(&self, partition: i32, user_id: &str) {
+        let email = format!("{user_id}@example.com");
+        let envelope = Envelope::new(RegisterUser { user_id: user_id.into(), email, name: user_id.into() }, GROUP);
+        let (headers, value) = (HeaderList::for_envelope(&envelope, None).to_kafka(), envelope.to_json());
+        let record = FutureRecord::to(envelope.topic())
+            .partition(partition)
+            .key(envelope.key())
+            .payload(&value)
+            .headers(headers);
+        self.producer.send(record, Duration::from_secs(30)).await.expect("publish");
+    }
+
+    /// Graceful stop of the consumer loop, which must end without an error.
+    async fn stop_consuming(&mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.expect("consumer task").expect("consumer ends cleanly");
+        }
+    }
+
+    async fn inbox_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM inbox").fetch_one(self.db.pool()).await.expect("inbox")
+    }
+
+    /// The group's committed offset on partition 0.
+    async fn committed_offset(&self) -> Option<i64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let (brokers, fetch_wait) = (self.broker.addr.clone(), self.broker.kind.fetch_wait_max());
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer =
+                platform::kafka::consumer_config(&brokers, GROUP, None, fetch_wait).create().expect("consumer");
+            let mut list = rdkafka::TopicPartitionList::new();
+            list.add_partition(events::topics::USER_COMMANDS, 0);
+            let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
+            committed.elements().first().and_then(|e| e.offset().to_raw())
+        })
+        .await
+        .expect("lookup")
+    }
+
+    async fn finish(mut self) {
+        self.stop_consuming().await;
+        self.db.close().await;
+        self.dbs.drop_all().await;
+    }
 }
