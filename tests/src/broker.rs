@@ -314,13 +314,13 @@ impl Broker {
 
     /// Starts every node again on the same ports and storage; returns once the
     /// broker answers.
-    pub fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         self.kill();
         for index in 0..self.nodes.len() {
             self.spawn(index);
         }
         for index in 0..self.nodes.len() {
-            self.wait_node_up(index);
+            self.wait_node_up(index).await;
         }
     }
 
@@ -334,17 +334,22 @@ impl Broker {
 
     /// Starts a killed node again with its data; returns once it serves metadata
     /// and the cluster knows it again.
-    pub fn start_node(&mut self, index: usize) {
+    pub async fn start_node(&mut self, index: usize) {
         self.kill_node(index);
         self.spawn(index);
-        self.wait_node_up(index);
+        self.wait_node_up(index).await;
     }
 
     /// The node index leading `topic`'s `partition`, from the cluster's metadata.
-    pub fn leader_of(&self, topic: &str, partition: i32) -> Option<usize> {
-        let client: BaseConsumer = platform::kafka::client_config(&self.addr).create().ok()?;
-        let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10)).ok()?;
-        let leader = metadata.topics().first()?.partitions().iter().find(|p| p.id() == partition)?.leader();
+    pub async fn leader_of(&self, topic: &str, partition: i32) -> Option<usize> {
+        let (addr, topic) = (self.addr.clone(), topic.to_owned());
+        let leader = tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer = platform::kafka::client_config(&addr).create().ok()?;
+            let metadata = client.fetch_metadata(Some(&topic), Duration::from_secs(10)).ok()?;
+            Some(metadata.topics().first()?.partitions().iter().find(|p| p.id() == partition)?.leader())
+        })
+        .await
+        .ok()??;
         self.nodes.iter().position(|n| n.node_id as i32 == leader)
     }
 
@@ -375,26 +380,27 @@ impl Broker {
         out
     }
 
-    /// Waits until node `index` answers metadata that lists it among the brokers.
-    fn wait_node_up(&self, index: usize) {
-        let node = &self.nodes[index];
-        let addr = format!("127.0.0.1:{}", node.port);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let client: BaseConsumer = platform::kafka::client_config(&addr).create().expect("kafka client");
-        loop {
-            if let Ok(metadata) = client.fetch_metadata(None, Duration::from_secs(2)) {
-                if self.kind == BrokerKind::Tansu || metadata.brokers().iter().any(|b| b.id() == node.node_id as i32) {
-                    return;
+    /// Waits until node `index` answers metadata that lists it among the brokers
+    /// (on a blocking thread: the caller's other futures go on meanwhile).
+    async fn wait_node_up(&self, index: usize) {
+        let (kind, node_id) = (self.kind, self.nodes[index].node_id as i32);
+        let addr = format!("127.0.0.1:{}", self.nodes[index].port);
+        let up = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let client: BaseConsumer = platform::kafka::client_config(&addr).create().expect("kafka client");
+            while Instant::now() < deadline {
+                if let Ok(metadata) = client.fetch_metadata(None, Duration::from_secs(2)) {
+                    if kind == BrokerKind::Tansu || metadata.brokers().iter().any(|b| b.id() == node_id) {
+                        return true;
+                    }
                 }
+                std::thread::sleep(Duration::from_millis(200));
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} node {} at {addr} did not come back",
-                self.kind.name(),
-                node.node_id
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(up, "{} node {node_id} did not come back within 120 s\n{}", kind.name(), self.log_tail(20));
     }
 }
 

@@ -360,7 +360,7 @@ async fn fail_over(stack: &mut ProcessStack, duration: Duration, report: &mut Re
     let started = Instant::now();
     tokio::time::sleep(duration / 4).await;
     let topic = events::topics::ORDER_EVENTS;
-    let Some(leader) = stack.broker.leader_of(topic, 0) else {
+    let Some(leader) = stack.broker.leader_of(topic, 0).await else {
         report.timeline.push(format!("{:.1}s no leader found for {topic}/0", started.elapsed().as_secs_f64()));
         return;
     };
@@ -370,10 +370,9 @@ async fn fail_over(stack: &mut ProcessStack, duration: Duration, report: &mut Re
     *report.faults.entry("broker leader SIGKILL").or_default() += 1;
     tokio::time::sleep(duration / 4).await;
     // Who leads now: the cluster moved on without the killed node.
-    let successor = stack.broker.leader_of(topic, 0).map_or("none".to_owned(), |n| format!("node {}", n + 1));
+    let successor = stack.broker.leader_of(topic, 0).await.map_or("none".to_owned(), |n| format!("node {}", n + 1));
     report.timeline.push(format!("{:.1}s {topic}/0 led by {successor}", started.elapsed().as_secs_f64()));
-    let broker = &mut stack.broker;
-    tokio::task::block_in_place(|| broker.start_node(leader));
+    stack.broker.start_node(leader).await;
     let at = started.elapsed().as_secs_f64();
     report.timeline.push(format!("{at:.1}s broker node {} restarted with its data", leader + 1));
     *report.faults.entry("broker node restart").or_default() += 1;
@@ -408,8 +407,7 @@ async fn inject_faults(
             2 => {
                 stack.broker.kill();
                 tokio::time::sleep(Duration::from_millis(rng.u64(500..2000))).await;
-                let broker = &mut stack.broker;
-                tokio::task::block_in_place(|| broker.restart());
+                stack.broker.restart().await;
                 "broker SIGKILL + restart"
             }
             3 => {

@@ -365,7 +365,7 @@ async fn readiness_follows_the_broker_and_metrics_move(target: Target) {
         assert_eq!(status, 503, "{service} unready without a broker: {body}");
         assert!(body.contains("\"broker\"") && body.contains("\"database\":\"ok\""), "{body}");
     }
-    stack.broker.restart();
+    stack.broker.restart().await;
     eventually("ready again", SAGA, || {
         let stack = &stack;
         async move {
