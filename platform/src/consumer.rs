@@ -9,7 +9,10 @@
 //!    redelivery, nothing to do), lets the handler change state and emit events
 //!    into the outbox, and commits;
 //! 3. retries transient failures with exponential back-off and jitter, bounded in
-//!    attempts and time; then dead-letters. A handler that panics is caught: the
+//!    attempts and time; then dead-letters. Infrastructure failures (database
+//!    unreachable, pool exhausted, disk full) are retried with capped back-off
+//!    for as long as they last and never dead-lettered: the record is fine, and
+//!    only its partition waits. A handler that panics is caught: the
 //!    record is tried once more, then dead-lettered as permanent with the panic
 //!    message, and the partition goes on with the records behind it;
 //! 4. stores the offset only once the transaction committed or the dead letter was
@@ -347,28 +350,32 @@ impl<H: Handler> Worker<H> {
             }
             result
         };
-        // Shutdown cuts a back-off short and ends the retries, but never an
-        // attempt in progress: the record in hand is finished.
-        let stopping = shutdown.clone();
-        let retried = apply
-            .retry(self.settings.retry.backoff())
-            .sleep(move |delay| {
-                let stopping = stopping.clone();
-                async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stopping.cancelled() => {}
-                    }
-                }
-            })
-            .when(|error| error.is_transient() && !shutdown.is_cancelled())
-            .notify(|error, delay| {
-                metrics::counter!("handler_retries_total", "service" => service).increment(1);
-                tracing::warn!(event_id = %envelope.event_id, event_type = envelope.event_type(), %error, ?delay, "retrying");
-            });
         let started = std::time::Instant::now();
-        let result = retried.await;
-        if shutdown.is_cancelled() && result.as_ref().is_err_and(HandlerError::is_transient) {
+        let mut outage = Outage::new(service, self.settings.retry);
+        let result = loop {
+            // Shutdown cuts a back-off short and ends the retries, but never an
+            // attempt in progress: the record in hand is finished.
+            let stopping = shutdown.clone();
+            let result = apply
+                .retry(self.settings.retry.backoff())
+                .sleep(move |delay| sleep_unless_cancelled(delay, stopping.clone()))
+                .when(|error| error.is_transient() && !shutdown.is_cancelled())
+                .notify(|error, delay| {
+                    metrics::counter!("handler_retries_total", "service" => service).increment(1);
+                    tracing::warn!(event_id = %envelope.event_id, event_type = envelope.event_type(), %error, ?delay, "retrying");
+                })
+                .await;
+            match result {
+                // An outage is waited out, however long: the record is fine.
+                Err(error) if error.is_infrastructure() && !shutdown.is_cancelled() => {
+                    let delay = outage.next_delay(&error);
+                    sleep_unless_cancelled(delay, shutdown.clone()).await;
+                }
+                result => break result,
+            }
+        };
+        outage.end();
+        if shutdown.is_cancelled() && result.as_ref().is_err_and(|e| e.is_transient() || e.is_infrastructure()) {
             // Retries cut short: not stored, so delivered again after the restart.
             return None;
         }
@@ -452,6 +459,50 @@ impl<H: Handler> Worker<H> {
                     }
                 }
             }
+        }
+    }
+}
+
+async fn sleep_unless_cancelled(delay: Duration, cancelled: CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = cancelled.cancelled() => {}
+    }
+}
+
+/// A partition waiting out an infrastructure outage: capped exponential
+/// back-off with jitter, without limit, visible in the log and in metrics
+/// (`consumer_partitions_waiting_on_infrastructure`, `infrastructure_retries_total`).
+struct Outage {
+    service: &'static str,
+    policy: RetryPolicy,
+    delay: Option<Duration>,
+}
+
+impl Outage {
+    fn new(service: &'static str, policy: RetryPolicy) -> Outage {
+        Outage { service, policy, delay: None }
+    }
+
+    fn next_delay(&mut self, error: &HandlerError) -> Duration {
+        let service = self.service;
+        metrics::counter!("infrastructure_retries_total", "service" => service).increment(1);
+        let delay = match self.delay {
+            None => {
+                metrics::gauge!("consumer_partitions_waiting_on_infrastructure", "service" => service).increment(1.0);
+                tracing::warn!(%error, "infrastructure unavailable: this partition waits until it is back");
+                self.policy.min_delay
+            }
+            Some(delay) => (delay * 2).min(self.policy.max_delay),
+        };
+        self.delay = Some(delay);
+        delay.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+
+    fn end(self) {
+        if self.delay.is_some() {
+            metrics::gauge!("consumer_partitions_waiting_on_infrastructure", "service" => self.service).decrement(1.0);
+            tracing::info!("infrastructure back: the partition goes on");
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct Databases {
     pub backend: Backend,
     dir: tempfile::TempDir,
     prefix: String,
+    /// The PostgreSQL server's admin URL.
+    admin: String,
     created: Mutex<Vec<String>>,
 }
 
@@ -26,8 +28,13 @@ pub fn postgres_admin_url() -> String {
 
 impl Databases {
     pub fn new(backend: Backend) -> Databases {
+        Databases::on_server(backend, postgres_admin_url())
+    }
+
+    /// Like [`Databases::new`], with PostgreSQL databases on the server at `admin`.
+    pub fn on_server(backend: Backend, admin: String) -> Databases {
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        Databases { backend, dir: tempfile::tempdir().expect("temp dir"), prefix, created: Mutex::default() }
+        Databases { backend, dir: tempfile::tempdir().expect("temp dir"), prefix, admin, created: Mutex::default() }
     }
 
     pub fn dir(&self) -> &std::path::Path {
@@ -40,18 +47,18 @@ impl Databases {
             Backend::Sqlite => format!("sqlite://{}/{service}.db", self.dir.path().display()),
             Backend::Postgres => {
                 let name = format!("{}_{}", self.prefix, service.replace('-', "_"));
-                let admin = postgres_admin_url();
+                let admin = &self.admin;
                 let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 if !created.contains(&name) {
                     sqlx::any::install_default_drivers();
-                    let mut conn = sqlx::AnyConnection::connect(&admin)
+                    let mut conn = sqlx::AnyConnection::connect(admin)
                         .await
                         .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test: {e}"));
                     conn.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create database");
                     created.push(name.clone());
                     *self.created.lock().unwrap_or_else(|p| p.into_inner()) = created;
                 }
-                replace_database(&admin, &name)
+                replace_database(admin, &name)
             }
         }
     }
@@ -62,7 +69,7 @@ impl Databases {
         if names.is_empty() {
             return;
         }
-        let Ok(mut conn) = sqlx::AnyConnection::connect(&postgres_admin_url()).await else { return };
+        let Ok(mut conn) = sqlx::AnyConnection::connect(&self.admin).await else { return };
         for name in names {
             let _ = conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
         }
@@ -80,4 +87,53 @@ fn replace_database(url: &str, name: &str) -> String {
         out.push_str(query);
     }
     out
+}
+
+/// A PostgreSQL server of a test's own (`scripts/postgres.sh start`), for
+/// faults that would disturb other tests on the shared one: stopping it.
+pub struct OwnPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    pub url: String,
+}
+
+impl OwnPostgres {
+    pub async fn start() -> OwnPostgres {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The server runs as the postgres user, who must reach its directory.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod temp dir");
+        let mut server = OwnPostgres { dir, port: crate::broker::free_port(), url: String::new() };
+        server.url = server.script("start");
+        server
+    }
+
+    /// Fast shutdown: sessions are terminated, new connections refused.
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    /// Back on the same port, with its data.
+    pub fn start_again(&self) {
+        self.script("start");
+    }
+
+    fn script(&self, verb: &str) -> String {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
+        let data = self.dir.path().join("pg");
+        let mut command = std::process::Command::new(script);
+        command.arg(verb).arg(&data);
+        if verb == "start" {
+            command.arg(self.port.to_string());
+        }
+        let output = command.output().expect("running scripts/postgres.sh");
+        assert!(output.status.success(), "postgres.sh {verb}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| self.stop());
+    }
 }

@@ -142,6 +142,61 @@ async fn transient_database_failure_is_retried(target: Target) {
     stack.stop().await;
 }
 
+/// PostgreSQL, the services' database server, down for a minute while orders
+/// keep coming: every saga event that needs the database waits for it (an
+/// infrastructure failure, never dead-lettered), the services say so in /readyz
+/// and /metrics, and once it is back every order completes.
+async fn a_minute_without_postgres_is_waited_out(broker: BrokerKind) {
+    let server = saga_tests::databases::OwnPostgres::start().await;
+    let dbs = saga_tests::Databases::on_server(Backend::Postgres, server.url.clone());
+    let broker = saga_tests::Broker::start(broker, dbs.dir(), saga_tests::BrokerStorage::Memory).await;
+    let mut stack = Stack::start_on(broker, dbs, saga_tests::Options::default()).await;
+    setup(&mut stack).await;
+    let order = |i: usize| format!("order-outage-{i}");
+    for i in 0..10 {
+        stack.place_order(&order(i), "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+    }
+    stack.wait_order(&order(9), "CONFIRMED", SAGA).await;
+
+    server.stop();
+    let down = Instant::now();
+    for i in 10..30 {
+        stack.place_order(&order(i), "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (status, body) = stack.http_get("order-svc", "/readyz").await;
+    assert_eq!(status, 503, "unready while its database is down: {body}");
+    let (_, metrics) = stack.http_get("order-svc", "/metrics").await;
+    let waiting = metric(&metrics, "consumer_partitions_waiting_on_infrastructure", "order-svc");
+    assert!(waiting >= 1.0, "order-svc's partitions wait for the database: {waiting}");
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(down.elapsed())).await;
+    server.start_again();
+    println!("PostgreSQL down for {:?}", down.elapsed());
+
+    for i in 30..40 {
+        stack.place_order(&order(i), "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+    }
+    for i in 0..40 {
+        stack.wait_order(&order(i), "CONFIRMED", Duration::from_secs(120)).await;
+    }
+    stack.wait_stock("SKU-PEN", (60, 0, 40, 100), SAGA).await;
+    for service in saga_tests::stack::SERVICES {
+        let dlq = events::topics::dead_letter(service);
+        assert!(stack.read_topic(&dlq).await.is_empty(), "{dlq}: nothing dead-lettered");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_kafka_a_minute_without_postgres_is_waited_out() {
+    a_minute_without_postgres_is_waited_out(BrokerKind::Kafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_tansu_a_minute_without_postgres_is_waited_out() {
+    a_minute_without_postgres_is_waited_out(BrokerKind::Tansu).await;
+}
+
 /// The value of a series for `service` in a Prometheus exposition.
 fn metric(exposition: &str, name: &str, service: &str) -> f64 {
     let label = format!("service=\"{service}\"");
