@@ -8,7 +8,7 @@ use events::Envelope;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
@@ -80,6 +80,9 @@ pub fn consumer_config(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        // A subscribed topic missing from the metadata (created moments ago, or
+        // later by an operator) is picked up within this, not librdkafka's 5 min.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         .set("fetch.wait.max.ms", fetch_wait_max.as_millis().to_string());
     config
 }
@@ -125,8 +128,13 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// Creates the topics that do not exist yet. Safe to run from every service at
-/// start-up, concurrently.
+/// Creates the topics that do not exist yet, and returns once the broker's
+/// metadata shows every one of them with a leader for each partition. Safe to
+/// run from every service at start-up, concurrently.
+///
+/// The wait matters on Apache Kafka: a topic just created may not be in the
+/// metadata a consumer gets when it subscribes, and librdkafka then leaves it
+/// unassigned until its next metadata refresh.
 pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32, replication: i32) -> Result<(), Error> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
     let new_topics: Vec<NewTopic<'_>> =
@@ -138,7 +146,37 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32, repl
             Err((topic, code)) => return Err(Error::Other(format!("creating topic {topic}: {code}"))),
         }
     }
-    Ok(())
+    let (brokers, topics) = (brokers.to_owned(), topics.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>());
+    tokio::task::spawn_blocking(move || wait_for_leaders(&brokers, &topics))
+        .await
+        .map_err(|e| Error::Other(format!("waiting for topic metadata: {e}")))?
+}
+
+fn wait_for_leaders(brokers: &str, topics: &[String]) -> Result<(), Error> {
+    let client: BaseConsumer = client_config(brokers).create()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metadata = client.fetch_metadata(None, Duration::from_secs(5))?;
+        let missing: Vec<&str> = topics
+            .iter()
+            .filter(|name| {
+                !metadata.topics().iter().any(|t| {
+                    t.name() == name.as_str()
+                        && t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            })
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Other(format!("topics without leaders after 30 s: {}", missing.join(", "))));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Headers as stored in the outbox and copied into dead letters: ordered pairs,
