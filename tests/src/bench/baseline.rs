@@ -20,7 +20,10 @@ const TOPIC: &str = "bench.baseline";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Baseline {
-    pub engine: &'static str,
+    /// `kafka` or `tansu`.
+    pub broker: &'static str,
+    /// Where that broker kept the records: see [`storage`].
+    pub storage: &'static str,
     pub messages: usize,
     pub avg_bytes: f64,
     /// Produced and acknowledged (idempotent producer, acks=all).
@@ -29,6 +32,15 @@ pub struct Baseline {
     pub through_msgs_per_s: f64,
     /// A second group reading the whole topic from the beginning.
     pub consume_msgs_per_s: f64,
+}
+
+/// Where the benchmark's brokers keep their log: Kafka always on disk, Tansu on
+/// its memory engine (`BrokerStorage::Memory`).
+pub fn storage(kind: BrokerKind) -> &'static str {
+    match kind {
+        BrokerKind::Kafka => "disk",
+        BrokerKind::Tansu => "memory",
+    }
 }
 
 /// Runs the baseline on a fresh broker of `kind` (Tansu: memory engine).
@@ -73,7 +85,8 @@ pub async fn run(kind: BrokerKind, samples: &[Sample], orders: usize, partitions
     drop(producer);
     drop(broker);
     Baseline {
-        engine: "memory",
+        broker: kind.name(),
+        storage: storage(kind),
         messages: total,
         avg_bytes,
         produce_msgs_per_s: total as f64 / produced.as_secs_f64(),

@@ -21,9 +21,15 @@ use super::stats::{summarize, Summary};
 use super::topics::{Record, SAGA_TOPICS};
 use crate::processes::ProcessStack;
 use crate::stack::SERVICES;
+use crate::{Broker, BrokerKind};
 
 pub const USERS: usize = 20;
 pub const SKUS: usize = 20;
+/// Report name of the broker's process in CPU and memory figures (which broker
+/// it is, the run says).
+const BROKER: &str = "broker";
+/// A phase in which none of its records arrived for this long has lost orders.
+const STALLED_AFTER: Duration = Duration::from_secs(60);
 
 pub fn user_id(i: usize) -> String {
     format!("bench-user-{:02}", i % USERS)
@@ -124,9 +130,19 @@ impl Progress {
 }
 
 impl Tracker {
-    fn start(brokers: &str, orders: Arc<HashSet<String>>) -> Tracker {
-        let mut config = platform::kafka::client_config(brokers);
-        config.set("group.id", "saga-bench-tracker").set("enable.auto.commit", "false").set("fetch.wait.max.ms", "5");
+    fn start(broker: &Broker, orders: Arc<HashSet<String>>) -> Tracker {
+        // The tracker's wait only delays the end of a phase, never a measured
+        // latency. Tansu holds every fetch for the whole wait, so 5 ms there;
+        // Kafka answers as soon as a record is in, so it keeps its own wait.
+        let wait = match broker.kind {
+            BrokerKind::Kafka => broker.kind.fetch_wait_max(),
+            BrokerKind::Tansu => Duration::from_millis(5),
+        };
+        let mut config = platform::kafka::client_config(&broker.addr);
+        config
+            .set("group.id", "saga-bench-tracker")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", wait.as_millis().to_string());
         let consumer: BaseConsumer = config.create().expect("tracker");
         let mut assignment = TopicPartitionList::new();
         for topic in SAGA_TOPICS {
@@ -167,8 +183,11 @@ impl Tracker {
         Tracker { stop, progress, thread }
     }
 
-    fn done(&self, orders: usize) -> bool {
-        self.progress.lock().unwrap_or_else(|e| e.into_inner()).done(orders)
+    /// Whether the phase is finished, how many of its records arrived so far, and
+    /// how many of its orders are confirmed.
+    fn status(&self, orders: usize) -> (bool, usize, usize) {
+        let p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        (p.done(orders), p.records.len(), p.confirmed)
     }
 
     fn finish(self) -> Progress {
@@ -187,6 +206,7 @@ pub struct Phase {
     pub orders: usize,
     pub confirmed: usize,
     pub not_confirmed: usize,
+    /// Gave up before every order finished (see `STALLED_AFTER`).
     pub timed_out: bool,
     /// Seconds the publisher took to hand every PlaceOrder to the broker.
     pub publish_seconds: f64,
@@ -235,13 +255,26 @@ fn groups_reading(topic: &str) -> f64 {
     }
 }
 
+/// The command name of the broker's process: Tansu's own binary, or the JVM that
+/// `scripts/kafka.sh run` execs into.
+fn broker_comm(kind: BrokerKind) -> &'static str {
+    match kind {
+        BrokerKind::Kafka => "java",
+        BrokerKind::Tansu => "tansu",
+    }
+}
+
+/// The processes the benchmark started besides the services, by report name.
+fn helpers(stack: &ProcessStack) -> [(&'static str, &'static str); 2] {
+    [(BROKER, broker_comm(stack.broker.kind)), ("gateway-sim", "gateway-sim")]
+}
+
 /// Processes to watch: the six services, the broker, the gateway simulator,
 /// this benchmark, and PostgreSQL's backends (machine-wide) when in use.
 fn watched(stack: &ProcessStack) -> Vec<(String, Vec<u32>)> {
     let mut list: Vec<(String, Vec<u32>)> =
         SERVICES.iter().filter_map(|s| stack.pid(s).map(|pid| ((*s).to_owned(), vec![pid]))).collect();
-    list.push(("broker (tansu)".into(), probe::children_named("tansu")));
-    list.push(("gateway-sim".into(), probe::children_named("gateway-sim")));
+    list.extend(helpers(stack).map(|(name, comm)| (name.to_owned(), probe::children_named(comm))));
     list.push(("saga-bench".into(), vec![std::process::id()]));
     if stack.dbs.backend == crate::Backend::Postgres {
         list.push(("postgres (all)".into(), probe::all_named("postgres")));
@@ -272,7 +305,7 @@ pub async fn phase(stack: &ProcessStack, producer: &FutureProducer, name: &str, 
     let client = reqwest::Client::new();
     let ids: Vec<String> = (0..orders).map(|_| uuid::Uuid::now_v7().to_string()).collect();
     let wanted: Arc<HashSet<String>> = Arc::new(ids.iter().cloned().collect());
-    let tracker = Tracker::start(&stack.broker.addr, wanted.clone());
+    let tracker = Tracker::start(&stack.broker, wanted.clone());
 
     let metrics_before = metrics_snapshot(stack, &client).await;
     let cpu_before = cpu_snapshot(stack, ticks);
@@ -317,14 +350,25 @@ pub async fn phase(stack: &ProcessStack, producer: &FutureProducer, name: &str, 
     }
     let publish_seconds = started.elapsed().as_secs_f64();
 
-    let timeout = Duration::from_secs(120) + Duration::from_secs_f64(orders as f64 / 20.0);
+    // A phase ends when every order finished; it gives up after a generous
+    // deadline, or sooner once no record of it arrived for a while (orders lost).
+    let deadline = started + Duration::from_secs(120) + Duration::from_secs_f64(orders as f64 / 20.0);
+    let (mut seen, mut last_progress) = (0, Instant::now());
     let mut timed_out = false;
     loop {
-        if tracker.done(orders) {
+        let (done, records, confirmed) = tracker.status(orders);
+        if done {
             break;
         }
-        if started.elapsed() > timeout {
-            eprintln!("phase {name}: timed out");
+        if records > seen {
+            (seen, last_progress) = (records, Instant::now());
+        }
+        let now = Instant::now();
+        if now > deadline || now.duration_since(last_progress) > STALLED_AFTER {
+            let waited = now.duration_since(last_progress).as_secs();
+            eprintln!(
+                "phase {name}: gave up with {confirmed} of {orders} orders confirmed (no new record for {waited} s)"
+            );
             timed_out = true;
             break;
         }
@@ -452,7 +496,7 @@ fn analyse(name: &str, records: &[Record], orders: &HashSet<String>) -> Phase {
 pub fn peak_rss(stack: &ProcessStack) -> BTreeMap<String, u64> {
     let mut peaks: BTreeMap<String, u64> =
         SERVICES.iter().filter_map(|s| Some(((*s).to_owned(), stack.peak_rss_kb(s)?))).collect();
-    for (name, comm) in [("broker (tansu)", "tansu"), ("gateway-sim", "gateway-sim")] {
+    for (name, comm) in helpers(stack) {
         if let Some(kb) = probe::children_named(comm).first().and_then(|pid| probe::status_kb(*pid, "VmHWM")) {
             peaks.insert(name.to_owned(), kb);
         }
