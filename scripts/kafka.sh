@@ -38,10 +38,10 @@ fetch_jars() {
     touch "$libs/.complete"
 }
 
-java_cmd() {
-    # shellcheck disable=SC2086 # KAFKA_HEAP_OPTS is a list of JVM flags
-    java ${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m} -XX:+UseG1GC -Djava.awt.headless=true -cp "$libs/*" "$@"
-}
+# The JVM every Kafka class here runs in; KAFKA_HEAP_OPTS is a list of flags.
+read -ra heap <<<"${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
+jvm=(java "${heap[@]}" -XX:+UseG1GC -Djava.awt.headless=true -cp "$libs/*")
+java_cmd() { "${jvm[@]}" "$@"; }
 
 # Writes DIR/server.properties for one node and formats DIR/data if it is new.
 prepare_node() {
@@ -85,11 +85,11 @@ prepare_node() {
 }
 
 run_node() {
-    local port=$1 dir
+    local dir
     dir=$(prepare_node "$@")
-    exec java ${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m} -XX:+UseG1GC -Djava.awt.headless=true \
-        -Dkafka.logs.dir="$dir" -Dlog4j2.configurationFile="$config/log4j2.properties" \
-        -cp "$libs/*" kafka.Kafka "$dir/server.properties"
+    # exec: the broker is this process, so a SIGKILL sent to it reaches the JVM.
+    exec "${jvm[@]}" -Dkafka.logs.dir="$dir" -Dlog4j2.configurationFile="$config/log4j2.properties" \
+        kafka.Kafka "$dir/server.properties"
 }
 
 wait_ready() {

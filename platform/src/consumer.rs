@@ -55,6 +55,7 @@ use crate::db::Db;
 use crate::kafka::{self, GroupContext};
 use crate::outbox::Tx;
 use crate::{Error, HandlerError};
+use worker::{partition_worker, Worker};
 
 /// A service's reaction to the events it consumes.
 pub trait Handler: Send + Sync + 'static {
@@ -90,8 +91,6 @@ pub struct ConsumerSettings {
 /// Channel depth per partition worker: enough to keep a worker busy between
 /// fetches, small enough that a stuck partition does not buffer much.
 const PARTITION_QUEUE: usize = 256;
-
-use worker::{partition_worker, Worker};
 
 type GroupConsumer = StreamConsumer<GroupContext>;
 

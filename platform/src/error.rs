@@ -99,7 +99,7 @@ pub fn classify_sqlx(error: &sqlx::Error) -> ErrorClass {
         }
         E::Database(db) => match db.code().as_deref() {
             // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes.
-            Some(code) if sqlite_primary(code) == Some(5) || sqlite_primary(code) == Some(6) => ErrorClass::Transient,
+            Some(code) if matches!(sqlite_primary(code), Some(5 | 6)) => ErrorClass::Transient,
             // SQLite: SQLITE_IOERR (10), SQLITE_FULL (13), SQLITE_CANTOPEN (14).
             Some(code) if matches!(sqlite_primary(code), Some(10 | 13 | 14)) => ErrorClass::Infrastructure,
             // PostgreSQL: serialization_failure, deadlock_detected, lock_not_available.

@@ -499,7 +499,7 @@ async fn on_tansu_a_consumer_that_receives_nothing_while_records_wait_rejoins() 
         ..Default::default()
     };
     let mut stack = Stack::start_with_options(Target::new(BrokerKind::Tansu, Backend::Sqlite), options).await;
-    let joined_at = vanish_static_member_of_user_svc(&mut stack).await;
+    let vanished_at = vanish_static_member_of_user_svc(&mut stack).await;
     register_wedged_users(&stack, 12).await;
     eventually("the watchdog noticed", SAGA, || async {
         let (_, metrics) = stack.http_get("user-svc", "/metrics").await;
@@ -511,7 +511,7 @@ async fn on_tansu_a_consumer_that_receives_nothing_while_records_wait_rejoins() 
         }
     })
     .await;
-    println!("watchdog tripped {:?} after the ghost joined", joined_at.elapsed());
+    println!("watchdog tripped {:?} after the ghost vanished", vanished_at.elapsed());
     stack.stop().await;
 }
 
