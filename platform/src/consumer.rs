@@ -35,6 +35,7 @@
 
 mod dead_letters;
 mod dispatch;
+mod rebalance;
 mod retry;
 mod stall;
 mod worker;
@@ -47,14 +48,16 @@ use std::time::Duration;
 use events::{Envelope, Message};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
+use rdkafka::Message as _;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
-use crate::kafka::{self, GroupContext};
+use crate::kafka;
 use crate::outbox::Tx;
 use crate::{Error, HandlerError};
+use rebalance::GroupContext;
 use worker::{partition_worker, Worker};
 
 /// A service's reaction to the events it consumes.
@@ -133,7 +136,7 @@ async fn session<H: Handler>(
     (settings, db, producer, relay, handler): SessionParts<H>,
     shutdown: &CancellationToken,
 ) -> Result<Ended, Error> {
-    let context = GroupContext { group_id: settings.group_id.clone() };
+    let context = GroupContext::new(settings.group_id.clone());
     let consumer: Arc<GroupConsumer> = Arc::new(
         kafka::consumer_config(
             &settings.brokers,
@@ -157,9 +160,12 @@ async fn session<H: Handler>(
     let stop = shutdown.child_token();
     let mut dispatcher = dispatch::Dispatcher::default();
     let mut tasks = JoinSet::new();
-    let mut spawn_worker = || {
+    let spawn_worker = |tasks: &mut JoinSet<()>, key: &dispatch::Key| {
         let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);
-        tasks.spawn(partition_worker(worker.clone(), receiver, stop.clone()));
+        // Its own stop, for a revoke of its partition.
+        let partition_stop = stop.child_token();
+        let done = consumer.context().worker_started(key.clone(), partition_stop.clone());
+        tasks.spawn(partition_worker(worker.clone(), receiver, partition_stop, done));
         sender
     };
     // Well past a rebalance by default, so only a wedged membership trips it.
@@ -173,7 +179,7 @@ async fn session<H: Handler>(
             _ = stop.cancelled() => break,
             received = consumer.recv() => received.map(|m| m.detach()),
             Some((partition, room)) = dispatcher.room() => {
-                dispatcher.fill(partition, room, consumer.as_ref(), &mut spawn_worker);
+                dispatcher.fill(partition, room, consumer.as_ref(), &mut |key| spawn_worker(&mut tasks, key));
                 continue;
             }
             _ = stall_check.tick() => {
@@ -189,7 +195,18 @@ async fn session<H: Handler>(
                 continue;
             }
         };
+        // Partitions revoked during that `recv`: their workers have stopped;
+        // what was queued or held for them is the new owner's.
+        let revoked = consumer.context().take_revoked();
+        for key in &revoked {
+            worker.in_flight.fetch_sub(dispatcher.forget(key), Ordering::Relaxed);
+        }
+        reap(&mut tasks);
         let record = match received {
+            Ok(record) if revoked.contains(&(record.topic().to_owned(), record.partition())) => continue,
+            other => other,
+        };
+        let record = match record {
             Ok(record) => record,
             Err(error) => {
                 tracing::warn!(%error, "consumer error");
@@ -199,19 +216,32 @@ async fn session<H: Handler>(
         };
         received_since_check = true;
         worker.in_flight.fetch_add(1, Ordering::Relaxed);
-        dispatcher.dispatch(record, consumer.as_ref(), &mut spawn_worker);
+        dispatcher.dispatch(record, consumer.as_ref(), &mut |key| spawn_worker(&mut tasks, key));
     }
     // Closes every partition queue: each worker finishes the record in hand.
     drop(dispatcher);
     while let Some(done) = tasks.join_next().await {
-        // Handler panics are caught in the worker; this is a bug in the loop itself.
-        if let Err(error) = done {
-            tracing::error!(%error, "partition worker died");
-        }
+        worker_ended(done);
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!(group = %worker.settings.group_id, "offsets committed"),
         Err(error) => tracing::debug!(%error, "final commit (nothing stored is fine)"),
     }
     Ok(ended)
+}
+
+/// Collects the workers that have ended (revoked, or died), so the set does not
+/// grow with every rebalance.
+fn reap(tasks: &mut JoinSet<()>) {
+    while let Some(done) = tasks.try_join_next() {
+        worker_ended(done);
+    }
+}
+
+fn worker_ended(done: Result<(), tokio::task::JoinError>) {
+    // Handler panics are caught in the worker; this is a bug in the loop itself.
+    // The dispatcher starts a new worker for the partition's next record.
+    if let Err(error) = done {
+        tracing::error!(%error, "partition worker died");
+    }
 }

@@ -6,14 +6,12 @@ use std::time::Duration;
 
 use events::Envelope;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::TopicPartitionList;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -77,6 +75,9 @@ pub fn consumer_config(
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
+        // A rebalance moves only the partitions that change owner; the consumer
+        // loop hands each one over drained and committed (consumer::rebalance).
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
@@ -85,47 +86,6 @@ pub fn consumer_config(
         .set("topic.metadata.refresh.interval.ms", "10000")
         .set("fetch.wait.max.ms", fetch_wait_max.as_millis().to_string());
     config
-}
-
-/// The consumer loop's client context: makes group membership visible in the
-/// service's own log (librdkafka's log is off by default), since a consumer that
-/// silently holds no partitions looks exactly like an idle one.
-pub struct GroupContext {
-    pub group_id: String,
-}
-
-impl ClientContext for GroupContext {
-    // The consumer loop logs what `recv` returns; this adds librdkafka's reason.
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(group = %self.group_id, %error, reason, "kafka client error");
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions = |list: &TopicPartitionList| {
-            list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(" ")
-        };
-        match rebalance {
-            Rebalance::Assign(list) => {
-                tracing::info!(group = %self.group_id, count = list.count(), partitions = %partitions(list), "partitions assigned")
-            }
-            Rebalance::Revoke(list) => {
-                tracing::info!(group = %self.group_id, count = list.count(), partitions = %partitions(list), "partitions revoked")
-            }
-            Rebalance::Error(error) => tracing::warn!(group = %self.group_id, %error, "rebalance failed"),
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        // NoOffset: nothing was stored since the last commit, the common case.
-        // Others (broker away, rebalance) are retried by the next auto-commit.
-        if let Err(error) = result {
-            if error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
-                tracing::info!(group = %self.group_id, %error, "offset commit failed; the next one retries");
-            }
-        }
-    }
 }
 
 /// Creates the topics that do not exist yet, and returns once the broker's

@@ -223,12 +223,14 @@ pub async fn run(plan: &FaultPlan) -> Report {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     // Each service log, read once: the consumer watchdog's interventions always;
-    // on failure, a copy kept and the tail printed.
+    // on failure, a copy kept and the tail printed after the verdict (CI keeps
+    // only the head and the end of a test's output).
     let kept =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/fault-logs/seed-{}", plan.seed));
     if report.failed() {
         let _ = std::fs::create_dir_all(&kept);
     }
+    let mut tails = Vec::new();
     for entry in std::fs::read_dir(stack.log_dir()).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let bytes = std::fs::read(entry.path()).unwrap_or_default();
@@ -239,10 +241,12 @@ pub async fn run(plan: &FaultPlan) -> Report {
         }
         if report.failed() {
             let _ = std::fs::write(kept.join(&name), &bytes);
-            print_log_tail(&name, &text);
+            tails.push(log_tail(&name, &text));
         }
     }
+    report.print(plan);
     if report.failed() {
+        tails.iter().for_each(|tail| print!("{tail}"));
         println!("service logs kept in {}", kept.display());
         println!("{}", stack.broker.log_tail(15));
     }
@@ -252,17 +256,18 @@ pub async fn run(plan: &FaultPlan) -> Report {
 
 /// The last warnings and errors of a service log: where CI keeps only the test's
 /// output, this is what tells a failure's story.
-fn print_log_tail(name: &str, text: &str) {
+fn log_tail(name: &str, text: &str) -> String {
     let notable: Vec<&str> = text
         .lines()
         .filter(|l| {
             ["WARN", "ERROR", "consuming", "partitions assigned", "partitions revoked"].iter().any(|k| l.contains(k))
         })
         .collect();
-    println!("--- {name} ({} lines, last warnings, errors and rebalances):", text.lines().count());
+    let mut tail = format!("--- {name} ({} lines, last warnings, errors and rebalances):\n", text.lines().count());
     for line in &notable[notable.len().saturating_sub(20)..] {
-        println!("    {}", line.chars().take(300).collect::<String>());
+        tail += &format!("    {}\n", line.chars().take(300).collect::<String>());
     }
+    tail
 }
 
 async fn wait_projections(stack: &ProcessStack, users: i64, skus: i64) {

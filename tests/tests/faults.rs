@@ -18,7 +18,6 @@ fn seed() -> u64 {
 
 async fn run(plan: FaultPlan) -> Report {
     let report = faults::run(&plan).await;
-    report.print(&plan);
     assert!(!report.failed(), "invariants violated; repeat with FAULT_SEED={}", plan.seed);
     let orders: usize = report.orders.values().sum();
     assert!(orders > 0 && report.faults.values().sum::<usize>() > 0, "the run did something");

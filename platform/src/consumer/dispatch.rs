@@ -20,7 +20,7 @@ use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::mpsc::{OwnedPermit, Sender};
 
 /// A partition: (topic, partition).
-type Key = (String, i32);
+pub(super) type Key = (String, i32);
 
 type Room = Pin<Box<dyn Future<Output = (Key, Result<OwnedPermit<OwnedMessage>, SendError<()>>)> + Send>>;
 
@@ -44,19 +44,20 @@ impl Dispatcher {
         &mut self,
         record: OwnedMessage,
         consumer: &C,
-        spawn: &mut dyn FnMut() -> Sender<OwnedMessage>,
+        spawn: &mut dyn FnMut(&Key) -> Sender<OwnedMessage>,
     ) where
         C: Consumer<X>,
         X: ConsumerContext,
     {
         let key = (record.topic().to_owned(), record.partition());
-        let queue = self.queues.entry(key.clone()).or_insert_with(|| Queue { sender: spawn(), held: VecDeque::new() });
+        let queue =
+            self.queues.entry(key.clone()).or_insert_with(|| Queue { sender: spawn(&key), held: VecDeque::new() });
         if !queue.held.is_empty() {
             // Already paused: after the records held before it.
             queue.held.push_back(record);
             return;
         }
-        if let Some(record) = offer(queue, record, spawn) {
+        if let Some(record) = offer(&key, queue, record, spawn) {
             queue.held.push_back(record);
             set_paused(consumer, &key, true);
             self.room.push(wait_for_room(key, queue.sender.clone()));
@@ -76,7 +77,7 @@ impl Dispatcher {
         key: Key,
         permit: Result<OwnedPermit<OwnedMessage>, SendError<()>>,
         consumer: &C,
-        spawn: &mut dyn FnMut() -> Sender<OwnedMessage>,
+        spawn: &mut dyn FnMut(&Key) -> Sender<OwnedMessage>,
     ) where
         C: Consumer<X>,
         X: ConsumerContext,
@@ -91,7 +92,7 @@ impl Dispatcher {
             (_, None) => {}
         }
         while let Some(record) = queue.held.pop_front() {
-            if let Some(record) = offer(queue, record, spawn) {
+            if let Some(record) = offer(&key, queue, record, spawn) {
                 queue.held.push_front(record);
                 self.room.push(wait_for_room(key, queue.sender.clone()));
                 return;
@@ -99,14 +100,21 @@ impl Dispatcher {
         }
         set_paused(consumer, &key, false);
     }
+
+    /// Drops the queue of a revoked partition and the records held for it (they
+    /// are its new owner's now); returns how many were held.
+    pub(super) fn forget(&mut self, key: &Key) -> usize {
+        self.queues.remove(key).map_or(0, |queue| queue.held.len())
+    }
 }
 
 /// Tries to queue `record`; gives it back when the queue is full. A closed queue
 /// (its worker ended) is replaced by a new worker's.
 fn offer(
+    key: &Key,
     queue: &mut Queue,
     record: OwnedMessage,
-    spawn: &mut dyn FnMut() -> Sender<OwnedMessage>,
+    spawn: &mut dyn FnMut(&Key) -> Sender<OwnedMessage>,
 ) -> Option<OwnedMessage> {
     match queue.sender.try_send(record) {
         Ok(()) => None,
@@ -117,7 +125,7 @@ fn offer(
                 partition = record.partition(),
                 "partition worker ended; starting a new one"
             );
-            queue.sender = spawn();
+            queue.sender = spawn(key);
             queue.sender.try_send(record).err().map(|e| e.into_inner())
         }
     }

@@ -15,6 +15,7 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::rebalance::WorkerDone;
 use super::retry::{panicked, sleep_unless_cancelled, Outage};
 use super::{ConsumerSettings, GroupConsumer, Handler};
 use crate::db::{now_ms, Db};
@@ -35,20 +36,38 @@ pub(super) struct Worker<H> {
     pub(super) in_flight: AtomicUsize,
 }
 
+/// Works through `queue` until it closes or `stop` (shutdown, or the partition
+/// revoked) is cancelled; then drops the records not started, which are
+/// delivered again to the partition's next owner.
 pub(super) async fn partition_worker<H: Handler>(
     worker: Arc<Worker<H>>,
     mut queue: mpsc::Receiver<OwnedMessage>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
+    _done: WorkerDone,
+) {
+    work_through(&worker, &mut queue, &stop).await;
+    queue.close();
+    while queue.try_recv().is_ok() {
+        worker.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn work_through<H: Handler>(
+    worker: &Worker<H>,
+    queue: &mut mpsc::Receiver<OwnedMessage>,
+    stop: &CancellationToken,
 ) {
     loop {
         let record = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             record = queue.recv() => match record { Some(r) => r, None => return },
         };
-        // Interrupted by shutdown: the offset is not stored, so the record is
-        // delivered again after the restart.
-        let Some(()) = worker.process(&record, &shutdown).await else { return };
+        let processed = worker.process(&record, stop).await;
+        worker.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Interrupted by shutdown or revoke: the offset is not stored, so the
+        // record is delivered again after the restart, or to the new owner.
+        let Some(()) = processed else { return };
         if worker.settings.chaos_crash_after_commit > 0.0 && fastrand::f64() < worker.settings.chaos_crash_after_commit
         {
             tracing::error!(
@@ -59,11 +78,11 @@ pub(super) async fn partition_worker<H: Handler>(
             std::process::abort();
         }
         if let Err(error) = worker.consumer.store_offset(record.topic(), record.partition(), record.offset()) {
-            // The partition was revoked meanwhile; its new owner gets the record
-            // again and the inbox makes that harmless.
+            // The partition was lost meanwhile (the session expired, or the
+            // hand-over stopped waiting): its new owner gets the record again,
+            // and the inbox makes that harmless.
             tracing::debug!(%error, topic = record.topic(), "storing offset");
         }
-        worker.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

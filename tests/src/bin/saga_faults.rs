@@ -74,7 +74,6 @@ async fn main() -> ExitCode {
             profile: if args.debug { Profile::Debug } else { Profile::Release },
         };
         let report = faults::run(&plan).await;
-        report.print(&plan);
         if let Some(expected) = args.scarce.map(|n| n.min(300)) {
             let confirmed = report.orders.get("CONFIRMED").copied().unwrap_or(0);
             if confirmed != expected {
