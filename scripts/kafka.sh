@@ -9,6 +9,8 @@
 #                                           min.insync.replicas=2; node i listens on BASEPORT+2(i-1);
 #                                           prints the bootstrap list when ready, stops them all on SIGTERM
 #   scripts/kafka.sh ready BOOTSTRAP [RF]   waits until a client can create a topic there (RF replicas)
+#   scripts/kafka.sh tool CLASS [ARG...]    runs one of Kafka's command-line tools, e.g.
+#                                           org.apache.kafka.tools.AclCommand --bootstrap-server ... --list
 #
 # The settings live in deploy/kafka/server.properties, shared with compose.yaml;
 # `run` appends only what is particular to one node. Knobs of `run`, for clusters and
@@ -145,8 +147,13 @@ case "${1:-}" in
         [ $# -ge 2 ] || { echo "usage: kafka.sh ready BOOTSTRAP [REPLICATION]" >&2; exit 2; }
         wait_ready "$2" "${3:-1}"
         ;;
+    tool)
+        [ $# -ge 2 ] || { echo "usage: kafka.sh tool CLASS [ARG...]" >&2; exit 2; }
+        shift
+        java_cmd "$@"
+        ;;
     *)
-        echo "usage: kafka.sh [run PORT DIR [KEY=VALUE...] | cluster N BASEPORT DIR | ready BOOTSTRAP [RF]]" >&2
+        echo "usage: kafka.sh [run PORT DIR [KEY=VALUE...] | cluster N BASEPORT DIR | ready BOOTSTRAP [RF] | tool CLASS [ARG...]]" >&2
         exit 2
         ;;
 esac

@@ -1,6 +1,9 @@
 //! A service's process: database, producer, outbox relay, its one consumer group
 //! and any background workers, with an orderly shutdown.
 //!
+//! A producer that fails fatally (librdkafka refuses every record from then on)
+//! ends the process with an error, for its supervisor to start it again.
+//!
 //! Shutdown order matters: consumers and workers stop first (finishing the record
 //! in hand and committing offsets), then the relay drains the outbox and flushes
 //! the producer, then the database closes.
@@ -8,6 +11,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::producer::FutureProducer;
 use sqlx::migrate::Migrator;
@@ -163,6 +167,10 @@ impl App {
         tokio::select! {
             _ = shutdown.cancelled() => {}
             Some(done) = tasks.join_next() => failure = task_failure(done),
+            reason = producer_failed(self.service, &self.producer) => failure = Some(Error::Other(format!(
+                "the Kafka producer failed fatally ({reason}); stopping, so that the service is started \
+                 again with a new one (committed events wait in the outbox, unfinished records on the broker)"
+            ))),
         }
         tracing::info!(service = self.service, "stopping");
         stop_work.cancel();
@@ -178,6 +186,20 @@ impl App {
         self.db.close().await;
         tracing::info!(service = self.service, "stopped");
         failure.map_or(Ok(()), Err)
+    }
+}
+
+/// Resolves once the producer has failed fatally. Checked each second: such a
+/// failure is final and rare, so polling misses nothing and costs nothing.
+async fn producer_failed(service: &'static str, producer: &FutureProducer) -> String {
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        check.tick().await;
+        if let Some(reason) = kafka::fatal_error(producer) {
+            metrics::counter!("kafka_producer_fatal_errors_total", "service" => service).increment(1);
+            tracing::error!(service, %reason, "the Kafka producer failed fatally");
+            return reason;
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The operational HTTP endpoints every service serves:
 //! - `GET /healthz`: the process is alive (always 200 while it runs);
-//! - `GET /readyz`: the broker answers, the database answers and migrations
-//!   are applied; 503 with the failing checks otherwise;
+//! - `GET /readyz`: the broker answers, the producer has not failed fatally,
+//!   the database answers and migrations are applied; 503 with the failing
+//!   checks otherwise;
 //! - `GET /metrics`: Prometheus text exposition, rendered by
 //!   metrics-exporter-prometheus (counters recorded where things happen, gauges
 //!   such as the outbox backlog sampled at scrape time).
@@ -21,7 +22,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{outbox, Db};
+use crate::{kafka, outbox, Db};
 
 /// Refreshes gauges just before a scrape (e.g. queue depths read from the database).
 pub type ScrapeHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -63,27 +64,41 @@ pub(crate) async fn serve(listener: TcpListener, ops: Ops, shutdown: Cancellatio
 }
 
 async fn ready(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
-    let producer = ops.producer.clone();
-    let broker = tokio::task::spawn_blocking(move || {
-        producer.client().fetch_metadata(None, Duration::from_secs(2)).map(|_| ()).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-    let database = sqlx::query("SELECT 1").execute(ops.db.pool()).await.map(|_| ()).map_err(|e| e.to_string());
-    // Migrations ran before the service started; their table proves they stuck.
-    let migrations = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")
-        .fetch_one(ops.db.pool())
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|n| if n > 0 { Ok(()) } else { Err("no migrations applied".into()) });
-    let checks = [("broker", broker), ("database", database), ("migrations", migrations)];
-    let ok = checks.iter().all(|(_, r)| r.is_ok());
-    let body: serde_json::Map<String, serde_json::Value> = checks
+    let readiness = readiness(&ops.db, &ops.producer).await;
+    let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body: serde_json::Map<String, serde_json::Value> = readiness
+        .checks
         .into_iter()
         .map(|(name, result)| (name.to_owned(), result.err().map_or("ok".into(), serde_json::Value::String)))
         .collect();
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(serde_json::json!({ "service": ops.service, "ready": ok, "checks": body })))
+    (status, Json(serde_json::json!({ "service": ops.service, "ready": readiness.ready, "checks": body })))
+}
+
+/// What /readyz reports: each check, and whether all passed.
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: Vec<(&'static str, Result<(), String>)>,
+}
+
+/// The checks of /readyz: the broker answers, the producer has not failed
+/// fatally, the database answers and its migrations are applied.
+pub async fn readiness(db: &Db, producer: &FutureProducer) -> Readiness {
+    let client = producer.clone();
+    let broker = tokio::task::spawn_blocking(move || {
+        client.client().fetch_metadata(None, Duration::from_secs(2)).map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let fatal = kafka::fatal_error(producer).map_or(Ok(()), |reason| Err(format!("failed fatally: {reason}")));
+    let database = sqlx::query("SELECT 1").execute(db.pool()).await.map(|_| ()).map_err(|e| e.to_string());
+    // Migrations ran before the service started; their table proves they stuck.
+    let migrations = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")
+        .fetch_one(db.pool())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|n| if n > 0 { Ok(()) } else { Err("no migrations applied".into()) });
+    let checks = vec![("broker", broker), ("producer", fatal), ("database", database), ("migrations", migrations)];
+    Readiness { ready: checks.iter().all(|(_, r)| r.is_ok()), checks }
 }
 
 async fn scrape(State(ops): State<Arc<Ops>>) -> impl IntoResponse {

@@ -10,7 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,14 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, Error> {
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
         .create()?)
+}
+
+/// The fatal error of an idempotent producer, if it has had one. librdkafka
+/// raises one when it can no longer guarantee order and once-ness (say, the
+/// broker refuses the producer id: ClusterAuthorizationFailed on
+/// InitProducerId), and from then on the instance refuses every record.
+pub fn fatal_error(producer: &FutureProducer) -> Option<String> {
+    producer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
 }
 
 /// A consumer in `group_id` that never stores offsets on its own: the consumer

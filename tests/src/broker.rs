@@ -230,6 +230,22 @@ impl Broker {
         broker
     }
 
+    /// Runs one of Kafka's command-line tools (`scripts/kafka.sh tool`) against
+    /// this broker: `--bootstrap-server` is added. Panics, with its output, if
+    /// the tool fails.
+    pub fn kafka_tool(&self, class: &str, args: &[&str]) -> String {
+        assert_eq!(self.kind, BrokerKind::Kafka, "Kafka's tools need Kafka");
+        let output = Command::new(repo().join("scripts/kafka.sh"))
+            .args(["tool", class, "--bootstrap-server", &self.addr])
+            .args(args)
+            .output()
+            .expect("scripts/kafka.sh tool");
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{class} {args:?} failed ({}): {stdout}{stderr}", output.status);
+        stdout
+    }
+
     /// Ready means a client can create a topic (with `replication` replicas), not
     /// a line in a log: the controller has a quorum and enough brokers registered.
     fn wait_ready(&mut self, replication: i32) -> Result<(), String> {

@@ -197,6 +197,69 @@ async fn on_tansu_a_minute_without_postgres_is_waited_out() {
     a_minute_without_postgres_is_waited_out(BrokerKind::Tansu).await;
 }
 
+/// A producer that librdkafka declares failed fatally refuses every record from
+/// then on. Here Kafka refuses the idempotent producer its producer id
+/// (ClusterAuthorizationFailed, as when an ACL denies IdempotentWrite): /readyz
+/// names the failure, the metric counts it, and the service stops with an error,
+/// so that its supervisor starts it again with a new producer. Kafka only: Tansu
+/// has no authorizer, nor any other way to fail a producer for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_kafka_a_fatal_producer_error_stops_the_service_for_its_supervisor() {
+    let dbs = saga_tests::Databases::new(Backend::Sqlite);
+    let authorizer = [
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=true",
+    ];
+    let broker =
+        saga_tests::Broker::start_with(BrokerKind::Kafka, dbs.dir(), saga_tests::BrokerStorage::Durable, &authorizer)
+            .await;
+    let acl = "org.apache.kafka.tools.AclCommand";
+    // Everything on the cluster stays allowed (the node's own controller
+    // requests included) but an idempotent producer's id, which Kafka also
+    // grants to whoever may write some topic: so no writes either.
+    let rule = |kind, operation, resource: &[&str]| {
+        let mut args = vec!["--add", kind, "User:ANONYMOUS", "--operation", operation];
+        args.extend_from_slice(resource);
+        broker.kafka_tool(acl, &args);
+    };
+    for resource in [&["--cluster"][..], &["--topic", "*"]] {
+        rule("--allow-principal", "All", resource);
+    }
+    rule("--deny-principal", "IdempotentWrite", &["--cluster"]);
+    rule("--deny-principal", "Write", &["--topic", "*"]);
+
+    let mut config = platform::PlatformConfig::local(&broker.addr);
+    config.database_url = Some(dbs.url_for("user-svc").await);
+    let app = user_svc::build(user_svc::Config { platform: config }).await.expect("user-svc builds");
+    let http = format!("http://{}", app.http_addr());
+    let running = tokio::spawn(app.run_until_stopped(tokio_util::sync::CancellationToken::new()));
+
+    // The service's own checks, on a producer of the same making.
+    let producer = platform::kafka::producer(&broker.addr).expect("producer");
+    eventually("the producer fails fatally", SAGA, || async {
+        expect_eq("fatal", platform::kafka::fatal_error(&producer).is_some(), true)
+    })
+    .await;
+    let db = platform::Db::connect(&dbs.url_for("user-svc").await, 1, Duration::from_secs(5)).await.expect("db");
+    let readiness = platform::http::readiness(&db, &producer).await;
+    assert!(!readiness.ready);
+    let producer_check = readiness.checks.iter().find(|(name, _)| *name == "producer").map(|(_, r)| r.clone());
+    assert!(
+        matches!(&producer_check, Some(Err(why)) if why.contains("ClusterAuthorization")),
+        "/readyz names the failure: {producer_check:?}"
+    );
+    let service_ready = reqwest::get(format!("{http}/readyz")).await.map(|r| r.status().as_u16());
+
+    let ended = tokio::time::timeout(SAGA, running).await.expect("the service stops by itself");
+    let error = ended.expect("no panic").expect_err("the service ends with an error");
+    assert!(error.to_string().contains("failed fatally"), "{error}");
+    let metrics = platform::http::prometheus().render();
+    assert!(metric(&metrics, "kafka_producer_fatal_errors_total", "user-svc") >= 1.0, "{metrics}");
+    println!("user-svc stopped: {error}; its /readyz while stopping: {service_ready:?}");
+    db.close().await;
+    dbs.drop_all().await;
+}
+
 /// The value of a series for `service` in a Prometheus exposition.
 fn metric(exposition: &str, name: &str, service: &str) -> f64 {
     let label = format!("service=\"{service}\"");
