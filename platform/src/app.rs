@@ -118,6 +118,7 @@ impl App {
             chaos_crash_after_commit: config.chaos_crash_after_commit,
             stall_after: config.consumer_stall_after,
             fetch_wait_max: config.kafka_fetch_wait_max,
+            session_timeout: config.kafka_session_timeout,
         };
         let (db, producer, relay, handler) =
             (self.db.clone(), self.producer.clone(), self.relay.clone(), Arc::new(handler));

@@ -43,6 +43,14 @@ pub struct PlatformConfig {
     #[arg(long, env = "KAFKA_FETCH_WAIT_MAX", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub kafka_fetch_wait_max: Duration,
 
+    /// How long the group waits for a consumer that stopped heartbeating before
+    /// it gives the consumer's partitions to others (Kafka's default). Longer
+    /// than a broker restart, so that a consumer keeps its membership through
+    /// one; a static member (GROUP_INSTANCE_ID) that restarts takes its
+    /// partitions back at once anyway.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "45s", value_parser = humantime::parse_duration)]
+    pub kafka_session_timeout: Duration,
+
     /// Partitions for topics this service creates if they are missing.
     #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 3)]
     pub topic_partitions: i32,

@@ -22,16 +22,23 @@
 //! a back-off in progress is cut short and the record left for redelivery),
 //! then the final commit runs.
 //!
-//! A watchdog covers the one failure the loop cannot see from inside: records
-//! waiting for the group on the broker while none arrive and the committed
-//! offsets stand still (a wedged group membership). The consumer then finishes
-//! its work, commits, and joins the group afresh.
+//! The group uses cooperative-sticky assignment; a revoked partition is handed
+//! over drained and committed ([`rebalance`]).
+//!
+//! A consumer that librdkafka declares failed for good (a static member fenced
+//! after a broker restart that outlasted its session: see [`Ended::Fatal`]) is
+//! replaced by a new one at once. A watchdog covers what the loop cannot see
+//! from inside: records waiting on its partitions while none arrive and the
+//! committed offsets stand still. Tansu wedges a group so when a static member
+//! vanishes (it never expires it); the consumer then finishes its work,
+//! commits, and joins the group afresh. On Kafka it has not fired since the
+//! fatal case is handled (the fault suite counts its interventions).
 //!
 //! This module is the receive loop; beside it: [`dispatch`] (records to their
 //! partition's queue, pausing a full one), [`worker`] (one record: inbox,
-//! handler, commit, offset), [`retry`] (bounded, outage and panic retries),
-//! [`dead_letters`] (publishing a failed record) and [`stall`] (the watchdog's
-//! check).
+//! handler, commit, offset), [`rebalance`] (hand-over of revoked partitions),
+//! [`retry`] (bounded, outage and panic retries), [`dead_letters`] (publishing
+//! a failed record) and [`stall`] (the watchdog's check).
 
 mod dead_letters;
 mod dispatch;
@@ -89,6 +96,8 @@ pub struct ConsumerSettings {
     pub stall_after: Duration,
     /// See `PlatformConfig::kafka_fetch_wait_max`.
     pub fetch_wait_max: Duration,
+    /// See `PlatformConfig::kafka_session_timeout`.
+    pub session_timeout: Duration,
 }
 
 /// Channel depth per partition worker: enough to keep a worker busy between
@@ -111,6 +120,11 @@ pub async fn run<H: Handler>(
         let parts = (settings.clone(), db.clone(), producer.clone(), relay.clone(), handler.clone());
         match session(parts, &shutdown).await? {
             Ended::Shutdown => return Ok(()),
+            Ended::Fatal(reason) => {
+                metrics::counter!("consumer_fatal_errors_total", "service" => settings.service).increment(1);
+                tracing::error!(group = %settings.group_id, %reason, "consumer failed fatally; joining again with a new one");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             Ended::Stalled(waiting) => {
                 metrics::counter!("consumer_rejoins_total", "service" => settings.service).increment(1);
                 tracing::error!(
@@ -124,6 +138,11 @@ pub async fn run<H: Handler>(
 
 enum Ended {
     Shutdown,
+    /// librdkafka declared the consumer failed for good. Seen after a broker
+    /// restart outlasting the session: the consumer's auto-commit, still
+    /// carrying the member id it lost, is refused with FencedInstanceId when it
+    /// is a static member, and a fenced consumer never rejoins.
+    Fatal(String),
     /// Partitions with records waiting (committed offset below the end).
     Stalled(Vec<String>),
 }
@@ -144,6 +163,7 @@ async fn session<H: Handler>(
             settings.group_instance_id.as_deref(),
             settings.fetch_wait_max,
         )
+        .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
         .create_with_context(context)?,
     );
     // Besides its inputs, each service reads its own replay topic, where replayed
@@ -174,9 +194,18 @@ async fn session<H: Handler>(
     let mut received_since_check = false;
     let mut waiting_at_check: Option<Vec<String>> = None;
     let mut ended = Ended::Shutdown;
+    let mut fatal_check = tokio::time::interval(Duration::from_secs(1));
     loop {
         let received = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = fatal_check.tick() => {
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    ended = Ended::Fatal(format!("{code:?}: {reason}"));
+                    stop.cancel();
+                    break;
+                }
+                continue;
+            }
             received = consumer.recv() => received.map(|m| m.detach()),
             Some((partition, room)) = dispatcher.room() => {
                 dispatcher.fill(partition, room, consumer.as_ref(), &mut |key| spawn_worker(&mut tasks, key));

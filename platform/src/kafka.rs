@@ -87,7 +87,6 @@ pub fn consumer_config(
         // loop hands each one over drained and committed (consumer::rebalance).
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         // A subscribed topic missing from the metadata (created moments ago, or
         // later by an operator) is picked up within this, not librdkafka's 5 min.

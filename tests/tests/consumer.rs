@@ -25,6 +25,7 @@ saga_tests::on_every_target!(
     a_blocked_partition_does_not_hold_up_the_others,
     shutdown_finishes_the_record_in_hand,
     replicas_joining_and_leaving_hand_over_partitions_without_redelivery,
+    a_static_member_resumes_after_a_broker_restart_longer_than_its_session,
 );
 
 const GROUP: &str = "consumer-test";
@@ -336,6 +337,55 @@ async fn replicas_joining_and_leaving_hand_over_partitions_without_redelivery(ta
     fixture.finish().await;
 }
 
+/// The broker is SIGKILLed and comes back after more than the consumer's session
+/// timeout (10 s here), while
+/// records keep coming. The consumer, a static member, loses its session;
+/// librdkafka then sends its queued auto-commits with the member id it lost,
+/// Kafka fences them (FencedInstanceId), and a fenced consumer is dead for good.
+/// The loop sees the fatal error and joins with a new consumer: records flow
+/// again soon after the broker is back, with the stall watchdog out of the way.
+/// (Tansu fences nothing: there the consumer simply joins again.)
+async fn a_static_member_resumes_after_a_broker_restart_longer_than_its_session(target: Target) {
+    let mut fixture = Fixture::start(target, 3, BrokerStorage::Durable).await;
+    let handler = Counted::default();
+    let mut settings = fixture.settings();
+    settings.group_instance_id = Some(format!("{GROUP}-1"));
+    let replica = fixture.replica(settings, handler.clone());
+    let producer = fixture.producer.clone();
+    let publishing = tokio::spawn(async move {
+        for seq in 0.. {
+            let partition = seq % 3;
+            publish(&producer, partition, &format!("p{partition}-{seq:05}")).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let applied = || handler.applied.lock().unwrap_or_else(|p| p.into_inner()).len();
+    eventually("records flow", Duration::from_secs(60), || async { expect_eq("flowing", applied() > 20, true) }).await;
+    fixture.broker.kill();
+    let killed = Instant::now();
+    // Kafka needs ~12 s to come back by itself; Tansu is back at once.
+    let down = match target.broker {
+        BrokerKind::Kafka => Duration::from_millis(1500),
+        BrokerKind::Tansu => Duration::from_secs(12),
+    };
+    tokio::time::sleep(down).await;
+    fixture.broker.restart().await;
+    let back = Instant::now();
+    let before = applied();
+    eventually("records flow again after the broker restart", Duration::from_secs(45), || async {
+        expect_eq("flowing again", applied() > before + 20, true)
+    })
+    .await;
+    publishing.abort();
+    println!(
+        "{target:?}: broker back {:?} after the kill; records flowed again {:?} after that",
+        back - killed,
+        back.elapsed()
+    );
+    replica.leave().await;
+    fixture.finish().await;
+}
+
 /// A broker, a database with the platform's tables, a producer, and the consumer
 /// loop of the test's handler once [`Fixture::consume`] is called.
 struct Fixture {
@@ -384,6 +434,8 @@ impl Fixture {
             chaos_crash_after_commit: 0.0,
             stall_after: Duration::from_secs(600),
             fetch_wait_max: self.broker.kind.fetch_wait_max(),
+            // Shorter than the platform's default, to keep expiry tests short.
+            session_timeout: Duration::from_secs(10),
         }
     }
 

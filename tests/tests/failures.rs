@@ -619,6 +619,7 @@ async fn vanish_static_member_of_user_svc(stack: &mut Stack) -> Instant {
     let fetch_wait = stack.broker.kind.fetch_wait_max();
     let ghost: BaseConsumer =
         platform::kafka::consumer_config(&stack.broker.addr, "user-svc", Some("ghost-1"), fetch_wait)
+            .set("session.timeout.ms", "10000")
             .create()
             .expect("ghost consumer");
     ghost.subscribe(&[events::topics::USER_COMMANDS]).expect("subscribe");

@@ -1,6 +1,7 @@
-//! Stall detection: whether records wait for this consumer group on the broker
-//! (committed offset below the end of the log), which the loop's watchdog
-//! compares across checks while nothing arrives.
+//! Stall detection: whether records wait for this consumer on the broker
+//! (committed offset below the end of the log, on the partitions assigned to
+//! it, or on all partitions of its topics when it has none), which the loop's
+//! watchdog compares across checks while nothing arrives.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,18 +10,22 @@ use rdkafka::consumer::Consumer;
 
 use super::GroupConsumer;
 
-/// The subscribed partitions whose committed offset (for this group) is below the
+/// The partitions (see the module doc) whose committed offset (for this group) is below the
 /// end of the log, as `topic/partition@committed`; `None` when there are none or
 /// the broker cannot tell. Blocking calls, so on the blocking pool.
 pub(super) async fn waiting_records(consumer: &Arc<GroupConsumer>, topics: &[String]) -> Option<Vec<String>> {
     let (consumer, topics) = (consumer.clone(), topics.to_vec());
     let lookup = move || -> Result<Vec<String>, rdkafka::error::KafkaError> {
         let timeout = Duration::from_secs(5);
-        let mut list = rdkafka::TopicPartitionList::new();
-        for topic in &topics {
-            for partition in consumer.fetch_metadata(Some(topic), timeout)?.topics().iter().flat_map(|t| t.partitions())
-            {
-                list.add_partition(topic, partition.id());
+        // Its own partitions; with none at all, every partition of its topics
+        // (records waiting while nothing is assigned is the wedge looked for).
+        let mut list = consumer.assignment()?;
+        if list.count() == 0 {
+            for topic in &topics {
+                let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+                for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                    list.add_partition(topic, partition.id());
+                }
             }
         }
         let committed = consumer.committed_offsets(list, timeout)?;
