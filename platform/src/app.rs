@@ -35,6 +35,7 @@ pub struct App {
     producer: FutureProducer,
     relay: Arc<Notify>,
     tasks: Vec<(&'static str, TaskFactory)>,
+    consumers: Vec<consumer::Health>,
     http: TcpListener,
     scrape_hooks: Vec<ScrapeHook>,
 }
@@ -67,6 +68,7 @@ impl App {
             producer,
             relay: Arc::new(Notify::new()),
             tasks: Vec::new(),
+            consumers: Vec::new(),
             http,
             scrape_hooks: Vec::new(),
         })
@@ -119,7 +121,9 @@ impl App {
             stall_after: config.consumer_stall_after,
             fetch_wait_max: config.kafka_fetch_wait_max,
             session_timeout: config.kafka_session_timeout,
+            health: consumer::Health::default(),
         };
+        self.consumers.push(settings.health.clone());
         let (db, producer, relay, handler) =
             (self.db.clone(), self.producer.clone(), self.relay.clone(), Arc::new(handler));
         self.tasks.push((
@@ -148,6 +152,7 @@ impl App {
             service: self.service,
             db: self.db.clone(),
             producer: self.producer.clone(),
+            consumers: self.consumers,
             hooks: self.scrape_hooks,
         };
         let http = tokio::spawn(http::serve(self.http, ops, stop_http.clone()));

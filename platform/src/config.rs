@@ -90,9 +90,10 @@ pub struct PlatformConfig {
     #[arg(long, env = "CHAOS_CRASH_AFTER_COMMIT", default_value_t = 0.0)]
     pub chaos_crash_after_commit: f64,
 
-    /// How long records may wait for the consumer group, with none arriving and
-    /// the committed offsets standing still, before the consumer leaves and joins
-    /// the group again (checked at this interval, so it trips after 1-2 of them).
+    /// How long records may wait on a consumer's partitions, with none arriving
+    /// and the committed offsets standing still, before it reports itself
+    /// stalled (logged, counted, /readyz unready until records arrive; checked
+    /// at this interval, so after 1-2 of them).
     #[arg(long, env = "CONSUMER_STALL_AFTER", default_value = "45s", value_parser = humantime::parse_duration)]
     pub consumer_stall_after: Duration,
 

@@ -27,12 +27,11 @@
 //!
 //! A consumer that librdkafka declares failed for good (a static member fenced
 //! after a broker restart that outlasted its session: see [`Ended::Fatal`]) is
-//! replaced by a new one at once. A watchdog covers what the loop cannot see
-//! from inside: records waiting on its partitions while none arrive and the
-//! committed offsets stand still. Tansu wedges a group so when a static member
-//! vanishes (it never expires it); the consumer then finishes its work,
-//! commits, and joins the group afresh. On Kafka it has not fired since the
-//! fatal case is handled (the fault suite counts its interventions).
+//! replaced by a new one at once. Stall detection covers what the loop cannot
+//! see from inside: records waiting on its partitions while none arrive and the
+//! committed offsets stand still, over two checks. It is a signal, not a cure:
+//! logged, counted, and /readyz unready until records flow again ([`Health`]).
+//! Its known trigger is Tansu's: a vanished static member it never expires.
 //!
 //! This module is the receive loop; beside it: [`dispatch`] (records to their
 //! partition's queue, pausing a full one), [`worker`] (one record: inbox,
@@ -98,6 +97,24 @@ pub struct ConsumerSettings {
     pub fetch_wait_max: Duration,
     /// See `PlatformConfig::kafka_session_timeout`.
     pub session_timeout: Duration,
+    /// Where the loop says it is stalled, for /readyz.
+    pub health: Health,
+}
+
+/// Whether a consumer loop is stalled: records wait on its partitions and none
+/// arrive. Shared with the service's /readyz, which is unready meanwhile.
+#[derive(Clone, Default)]
+pub struct Health(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Health {
+    /// Why the consumer is stalled, if it is.
+    pub fn stalled(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, stalled: Option<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = stalled;
+    }
 }
 
 /// Channel depth per partition worker: enough to keep a worker busy between
@@ -107,7 +124,8 @@ const PARTITION_QUEUE: usize = 256;
 type GroupConsumer = StreamConsumer<GroupContext>;
 
 /// Runs until `shutdown`, then finishes the record each partition is on, and
-/// commits the stored offsets. A consumer found stalled is replaced by a new one.
+/// commits the stored offsets. A consumer that failed fatally is replaced by a
+/// new one.
 pub async fn run<H: Handler>(
     settings: ConsumerSettings,
     db: Db,
@@ -125,13 +143,6 @@ pub async fn run<H: Handler>(
                 tracing::error!(group = %settings.group_id, %reason, "consumer failed fatally; joining again with a new one");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Ended::Stalled(waiting) => {
-                metrics::counter!("consumer_rejoins_total", "service" => settings.service).increment(1);
-                tracing::error!(
-                    group = %settings.group_id, ?waiting, after = ?settings.stall_after,
-                    "consumer stalled: records wait for this group and none arrive; joining again"
-                );
-            }
         }
     }
 }
@@ -143,8 +154,6 @@ enum Ended {
     /// carrying the member id it lost, is refused with FencedInstanceId when it
     /// is a static member, and a fenced consumer never rejoins.
     Fatal(String),
-    /// Partitions with records waiting (committed offset below the end).
-    Stalled(Vec<String>),
 }
 
 type SessionParts<H> = (ConsumerSettings, Db, FutureProducer, Arc<Notify>, Arc<H>);
@@ -193,6 +202,9 @@ async fn session<H: Handler>(
     stall_check.reset();
     let mut received_since_check = false;
     let mut waiting_at_check: Option<Vec<String>> = None;
+    // A check runs beside the loop (its broker queries take a while), never in it.
+    let probe = stall::Probe::new(&worker.settings)?;
+    let mut check: Option<tokio::task::JoinHandle<Option<Vec<String>>>> = None;
     let mut ended = Ended::Shutdown;
     let mut fatal_check = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -211,15 +223,19 @@ async fn session<H: Handler>(
                 dispatcher.fill(partition, room, consumer.as_ref(), &mut |key| spawn_worker(&mut tasks, key));
                 continue;
             }
-            _ = stall_check.tick() => {
+            _ = stall_check.tick(), if check.is_none() => {
                 let idle = !std::mem::take(&mut received_since_check)
                     && worker.in_flight.load(Ordering::Relaxed) == 0;
-                let waiting = if idle { stall::waiting_records(&consumer, &topics).await } else { None };
-                if waiting.is_some() && waiting == waiting_at_check {
-                    ended = Ended::Stalled(waiting.unwrap_or_default());
-                    stop.cancel();
-                    break;
-                }
+                let assigned = consumer.assignment().unwrap_or_default();
+                check = Some(tokio::spawn(probe.clone().waiting_records(idle.then_some(assigned))));
+                continue;
+            }
+            Some(waiting) = async { Some(check.as_mut()?.await.ok().flatten()) }, if check.is_some() => {
+                check = None;
+                // Records arrived meanwhile: not stalled, whatever the check saw.
+                let waiting = waiting.filter(|_| !received_since_check);
+                let stalled = waiting.is_some() && waiting == waiting_at_check;
+                stall::report(&worker.settings, stalled.then_some(waiting.as_deref().unwrap_or_default()));
                 waiting_at_check = waiting;
                 continue;
             }
@@ -243,6 +259,9 @@ async fn session<H: Handler>(
                 continue;
             }
         };
+        if !received_since_check && worker.settings.health.stalled().is_some() {
+            stall::report(&worker.settings, None);
+        }
         received_since_check = true;
         worker.in_flight.fetch_add(1, Ordering::Relaxed);
         dispatcher.dispatch(record, consumer.as_ref(), &mut |key| spawn_worker(&mut tasks, key));

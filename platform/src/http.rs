@@ -1,8 +1,8 @@
 //! The operational HTTP endpoints every service serves:
 //! - `GET /healthz`: the process is alive (always 200 while it runs);
 //! - `GET /readyz`: the broker answers, the producer has not failed fatally,
-//!   the database answers and migrations are applied; 503 with the failing
-//!   checks otherwise;
+//!   no consumer is stalled, the database answers and migrations are applied;
+//!   503 with the failing checks otherwise;
 //! - `GET /metrics`: Prometheus text exposition, rendered by
 //!   metrics-exporter-prometheus (counters recorded where things happen, gauges
 //!   such as the outbox backlog sampled at scrape time).
@@ -49,6 +49,7 @@ pub(crate) struct Ops {
     pub service: &'static str,
     pub db: Db,
     pub producer: FutureProducer,
+    pub consumers: Vec<crate::consumer::Health>,
     pub hooks: Vec<ScrapeHook>,
 }
 
@@ -64,7 +65,7 @@ pub(crate) async fn serve(listener: TcpListener, ops: Ops, shutdown: Cancellatio
 }
 
 async fn ready(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
-    let readiness = readiness(&ops.db, &ops.producer).await;
+    let readiness = readiness(&ops.db, &ops.producer, &ops.consumers).await;
     let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body: serde_json::Map<String, serde_json::Value> = readiness
         .checks
@@ -81,8 +82,9 @@ pub struct Readiness {
 }
 
 /// The checks of /readyz: the broker answers, the producer has not failed
-/// fatally, the database answers and its migrations are applied.
-pub async fn readiness(db: &Db, producer: &FutureProducer) -> Readiness {
+/// fatally, no consumer is stalled, the database answers and its migrations
+/// are applied.
+pub async fn readiness(db: &Db, producer: &FutureProducer, consumers: &[crate::consumer::Health]) -> Readiness {
     let client = producer.clone();
     let broker = tokio::task::spawn_blocking(move || {
         client.client().fetch_metadata(None, Duration::from_secs(2)).map(|_| ()).map_err(|e| e.to_string())
@@ -97,7 +99,14 @@ pub async fn readiness(db: &Db, producer: &FutureProducer) -> Readiness {
         .await
         .map_err(|e| e.to_string())
         .and_then(|n| if n > 0 { Ok(()) } else { Err("no migrations applied".into()) });
-    let checks = vec![("broker", broker), ("producer", fatal), ("database", database), ("migrations", migrations)];
+    let consumer = consumers.iter().find_map(|health| health.stalled()).map_or(Ok(()), Err);
+    let checks = vec![
+        ("broker", broker),
+        ("producer", fatal),
+        ("consumer", consumer),
+        ("database", database),
+        ("migrations", migrations),
+    ];
     Readiness { ready: checks.iter().all(|(_, r)| r.is_ok()), checks }
 }
 

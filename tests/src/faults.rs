@@ -148,8 +148,8 @@ pub async fn run(plan: &FaultPlan) -> Report {
         ("PAYMENT_DEADLINE".to_owned(), "120s".to_owned()),
         ("GATEWAY_TIMEOUT".to_owned(), "500ms".to_owned()),
         ("RETRY_MAX_ELAPSED".to_owned(), "60s".to_owned()),
-        // Within the settle time, a consumer wedged by the faults gets several
-        // chances to rejoin (the fault logs then say "consumer stalled").
+        // A consumer wedged by the faults is reported within the settle time
+        // (the fault logs then say "consumer stalled").
         ("CONSUMER_STALL_AFTER".to_owned(), "15s".to_owned()),
     ];
     let mut stack = match plan.faults {
@@ -237,7 +237,7 @@ pub async fn run(plan: &FaultPlan) -> Report {
         let text = String::from_utf8_lossy(&bytes);
         let stalls = text.lines().filter(|l| l.contains("consumer stalled")).count();
         if stalls > 0 {
-            report.timeline.push(format!("{name} consumer stalled and rejoined x{stalls}"));
+            report.timeline.push(format!("{name} consumer stalled x{stalls}"));
         }
         if report.failed() {
             let _ = std::fs::write(kept.join(&name), &bytes);

@@ -436,6 +436,7 @@ impl Fixture {
             fetch_wait_max: self.broker.kind.fetch_wait_max(),
             // Shorter than the platform's default, to keep expiry tests short.
             session_timeout: Duration::from_secs(10),
+            health: Default::default(),
         }
     }
 

@@ -241,7 +241,7 @@ async fn on_kafka_a_fatal_producer_error_stops_the_service_for_its_supervisor() 
     })
     .await;
     let db = platform::Db::connect(&dbs.url_for("user-svc").await, 1, Duration::from_secs(5)).await.expect("db");
-    let readiness = platform::http::readiness(&db, &producer).await;
+    let readiness = platform::http::readiness(&db, &producer, &[]).await;
     assert!(!readiness.ready);
     let producer_check = readiness.checks.iter().find(|(name, _)| *name == "producer").map(|(_, r)| r.clone());
     assert!(
@@ -550,13 +550,13 @@ async fn replay_after_the_fix_completes_the_order_and_twice_is_a_no_op(target: T
     stack.stop().await;
 }
 
-/// The consumer watchdog, against a membership Tansu never repairs: a static
-/// member that vanished without leaving still holds partitions of user-svc's
-/// group, so commands on them wait and none arrive. The watchdog must notice,
-/// say which partitions wait, and join again (which cannot cure this one: the
-/// point is that a wedged consumer is loud, not silent).
+/// Stall detection, against a membership Tansu never repairs: a static member
+/// that vanished without leaving still holds the partitions of user.commands,
+/// so commands on them wait and none reach user-svc. The consumer loop must
+/// notice, say which partitions wait, count it and turn /readyz unready (a
+/// wedged consumer is loud, not silent; nothing in the client can cure this one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn on_tansu_a_consumer_that_receives_nothing_while_records_wait_rejoins() {
+async fn on_tansu_a_consumer_that_receives_nothing_while_records_wait_is_reported_stalled() {
     let options = saga_tests::stack::Options {
         platform: |config| config.consumer_stall_after = Duration::from_secs(2),
         ..Default::default()
@@ -564,49 +564,64 @@ async fn on_tansu_a_consumer_that_receives_nothing_while_records_wait_rejoins() 
     let mut stack = Stack::start_with_options(Target::new(BrokerKind::Tansu, Backend::Sqlite), options).await;
     let vanished_at = vanish_static_member_of_user_svc(&mut stack).await;
     register_wedged_users(&stack, 12).await;
-    eventually("the watchdog noticed", SAGA, || async {
-        let (_, metrics) = stack.http_get("user-svc", "/metrics").await;
-        let rejoins = metric(&metrics, "consumer_rejoins_total", "user-svc");
-        if rejoins >= 1.0 {
-            Ok(())
-        } else {
-            Err(format!("consumer_rejoins_total {rejoins}"))
-        }
+    eventually("the stall is reported", SAGA, || async {
+        let (status, body) = stack.http_get("user-svc", "/readyz").await;
+        let reported = status == 503 && body.contains("records wait on user.commands/");
+        expect_eq(&format!("/readyz {status} {body}"), reported, true)
     })
     .await;
-    println!("watchdog tripped {:?} after the ghost vanished", vanished_at.elapsed());
+    // Metrics are process-wide here, shared with other tests' user-svc: at least.
+    let (_, metrics) = stack.http_get("user-svc", "/metrics").await;
+    assert!(metric(&metrics, "consumer_stalls_total", "user-svc") >= 1.0, "{metrics}");
+    println!("stall reported {:?} after the ghost vanished", vanished_at.elapsed());
     stack.stop().await;
 }
 
 /// Static membership on Apache Kafka, where it has its real semantics: a static
 /// member that vanishes sends no LeaveGroup and keeps its partitions until its
 /// session times out; then the group rebalances and user-svc gets them, so every
-/// command waiting on them is processed, with no watchdog involved.
+/// command waiting on them is processed. Meanwhile user-svc holds nothing while
+/// records wait: it reports itself stalled (/readyz unready), and ready again
+/// once they flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_kafka_a_vanished_static_member_is_expired_and_its_partitions_flow_again() {
     let options = saga_tests::stack::Options {
-        // Out of the way: this test is about the broker expiring the member.
-        platform: |config| config.consumer_stall_after = Duration::from_secs(600),
+        platform: |config| config.consumer_stall_after = Duration::from_secs(2),
         ..Default::default()
     };
     let mut stack = Stack::start_with_options(Target::new(BrokerKind::Kafka, Backend::Sqlite), options).await;
     let vanished_at = vanish_static_member_of_user_svc(&mut stack).await;
     register_wedged_users(&stack, 12).await;
     let users = stack.db("user-svc").await;
-    eventually("every registration processed", SAGA, || async {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE user_id LIKE 'wedged-%'")
-            .fetch_one(users.pool())
-            .await
-            .map_err(|e| e.to_string())?;
-        expect_eq("registered users", n, 12)
+    let reported_stalled = std::sync::atomic::AtomicBool::new(false);
+    eventually("every registration processed", SAGA, || {
+        let (stack, users, reported) = (&stack, &users, &reported_stalled);
+        async move {
+            let (status, body) = stack.http_get("user-svc", "/readyz").await;
+            if status == 503 && body.contains("records wait on user.commands/") {
+                reported.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE user_id LIKE 'wedged-%'")
+                .fetch_one(users.pool())
+                .await
+                .map_err(|e| e.to_string())?;
+            expect_eq("registered users", n, 12)
+        }
+    })
+    .await;
+    assert!(reported_stalled.into_inner(), "user-svc was unready while the vanished member held its partitions");
+    eventually("ready again", SAGA, || async {
+        let (status, body) = stack.http_get("user-svc", "/readyz").await;
+        expect_eq(&body, status, 200)
     })
     .await;
     let waited = vanished_at.elapsed();
     // The session timeout is 10 s: anything quicker means the member was not held.
     assert!(waited >= Duration::from_secs(8), "partitions freed after {waited:?}, before the session could expire");
     println!("partitions of the vanished static member flowed again {waited:?} after it vanished");
+    // Metrics are process-wide here, shared with other tests' user-svc: at least.
     let (_, metrics) = stack.http_get("user-svc", "/metrics").await;
-    assert_eq!(metric(&metrics, "consumer_rejoins_total", "user-svc"), 0.0, "{metrics}");
+    assert!(metric(&metrics, "consumer_stalls_total", "user-svc") >= 1.0, "{metrics}");
     stack.stop().await;
 }
 
