@@ -185,7 +185,7 @@ async fn session<H: Handler>(
     let worker =
         Arc::new(Worker { settings, db, producer, relay, handler, consumer: consumer.clone(), in_flight: 0.into() });
 
-    // Workers stop with the session: on shutdown, or when it is found stalled.
+    // Workers stop with the session: on shutdown, or when the consumer failed fatally.
     let stop = shutdown.child_token();
     let mut dispatcher = dispatch::Dispatcher::default();
     let mut tasks = JoinSet::new();

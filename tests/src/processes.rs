@@ -146,7 +146,22 @@ impl ProcessStack {
         let child = command.spawn().unwrap_or_else(|e| panic!("start {service}: {e}"));
         self.services.insert(service, child);
         let url = format!("http://127.0.0.1:{port}/readyz");
-        tokio::task::spawn_blocking(move || wait_http(&url)).await.expect("wait ready");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let probe = url.clone();
+            let (ready, answer) = tokio::task::spawn_blocking(move || http_get(&probe)).await.expect("readiness probe");
+            if ready {
+                return;
+            }
+            if let Some(status) = self.services.get_mut(service).and_then(|c| c.try_wait().ok().flatten()) {
+                // With extra settings (a chaos start, say) exiting early can be the
+                // point; the caller looks. Otherwise it is a failure to start.
+                assert!(!extra.is_empty(), "{service} exited during start-up ({status})");
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{service} did not become ready in 30 s: {answer}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn pid(&self, service: &str) -> Option<u32> {
@@ -226,14 +241,25 @@ fn wait_http(url: &str) {
 
 /// A minimal blocking GET, enough for readiness probes without an HTTP client.
 fn http_ok(url: &str) -> bool {
+    http_get(url).0
+}
+
+/// GET `url` (plain `http://host:port/path`): whether it answered 200, and
+/// what it answered (or why there was no answer).
+fn http_get(url: &str) -> (bool, String) {
     use std::io::{Read, Write};
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return false };
+    let mut stream = match std::net::TcpStream::connect(host) {
+        Ok(stream) => stream,
+        Err(error) => return (false, error.to_string()),
+    };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").is_err() {
-        return false;
+    if let Err(error) = write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n") {
+        return (false, error.to_string());
     }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+    let mut answer = String::new();
+    let _ = stream.take(4096).read_to_string(&mut answer);
+    let ready = answer.split(' ').nth(1) == Some("200");
+    (ready, answer)
 }

@@ -401,7 +401,6 @@ impl Fixture {
     /// user.commands with `partitions` partitions, and the group's DLQ and replay
     /// topics with one.
     async fn start(target: Target, partitions: i32, storage: BrokerStorage) -> Fixture {
-        platform::telemetry::init();
         let dbs = Databases::new(target.backend);
         let broker = Broker::start(target.broker, dbs.dir(), storage).await;
         let (dlq, replay) = (events::topics::dead_letter(GROUP), events::topics::replay(GROUP));
