@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer as _};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -201,7 +201,7 @@ async fn producer_failed(service: &'static str, producer: &FutureProducer) -> St
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         check.tick().await;
-        if let Some(reason) = kafka::fatal_error(producer) {
+        if let Some(reason) = kafka::fatal_error(producer.client()) {
             metrics::counter!("kafka_producer_fatal_errors_total", "service" => service).increment(1);
             tracing::error!(service, %reason, "the Kafka producer failed fatally");
             return reason;

@@ -37,7 +37,7 @@
 //! partition's queue, pausing a full one), [`worker`] (one record: inbox,
 //! handler, commit, offset), [`rebalance`] (hand-over of revoked partitions),
 //! [`retry`] (bounded, outage and panic retries), [`dead_letters`] (publishing
-//! a failed record) and [`stall`] (the watchdog's check).
+//! a failed record) and [`stall`] (stall detection).
 
 mod dead_letters;
 mod dispatch;
@@ -109,12 +109,18 @@ pub struct Health(Arc<std::sync::Mutex<Option<String>>>);
 impl Health {
     /// Why the consumer is stalled, if it is.
     pub fn stalled(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.0).clone()
     }
 
     fn set(&self, stalled: Option<String>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = stalled;
+        *lock(&self.0) = stalled;
     }
+}
+
+/// A mutex guard, poisoned or not: what these mutexes hold stays consistent
+/// whatever panicked while holding it.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Channel depth per partition worker: enough to keep a worker busy between
@@ -211,8 +217,8 @@ async fn session<H: Handler>(
         let received = tokio::select! {
             _ = stop.cancelled() => break,
             _ = fatal_check.tick() => {
-                if let Some((code, reason)) = consumer.client().fatal_error() {
-                    ended = Ended::Fatal(format!("{code:?}: {reason}"));
+                if let Some(reason) = kafka::fatal_error(consumer.client()) {
+                    ended = Ended::Fatal(reason);
                     stop.cancel();
                     break;
                 }
@@ -249,9 +255,6 @@ async fn session<H: Handler>(
         reap(&mut tasks);
         let record = match received {
             Ok(record) if revoked.contains(&(record.topic().to_owned(), record.partition())) => continue,
-            other => other,
-        };
-        let record = match record {
             Ok(record) => record,
             Err(error) => {
                 tracing::warn!(%error, "consumer error");

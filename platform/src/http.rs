@@ -91,7 +91,7 @@ pub async fn readiness(db: &Db, producer: &FutureProducer, consumers: &[crate::c
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
-    let fatal = kafka::fatal_error(producer).map_or(Ok(()), |reason| Err(format!("failed fatally: {reason}")));
+    let fatal = kafka::fatal_error(producer.client()).map_or(Ok(()), |reason| Err(format!("failed fatally: {reason}")));
     let database = sqlx::query("SELECT 1").execute(db.pool()).await.map(|_| ()).map_err(|e| e.to_string());
     // Migrations ran before the service started; their table proves they stuck.
     let migrations = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")

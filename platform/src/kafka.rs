@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use events::Envelope;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
@@ -56,12 +56,13 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, Error> {
         .create()?)
 }
 
-/// The fatal error of an idempotent producer, if it has had one. librdkafka
-/// raises one when it can no longer guarantee order and once-ness (say, the
-/// broker refuses the producer id: ClusterAuthorizationFailed on
-/// InitProducerId), and from then on the instance refuses every record.
-pub fn fatal_error(producer: &FutureProducer) -> Option<String> {
-    producer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
+/// The fatal error of a client, if it has had one: from then on the instance is
+/// useless and only a new one can go on. An idempotent producer gets one when
+/// it can no longer guarantee order and once-ness (say, the broker refuses its
+/// producer id: ClusterAuthorizationFailed on InitProducerId); a consumer, when
+/// it is fenced (FencedInstanceId).
+pub fn fatal_error<C: ClientContext>(client: &Client<C>) -> Option<String> {
+    client.fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
 }
 
 /// A consumer in `group_id` that never stores offsets on its own: the consumer

@@ -222,7 +222,7 @@ pub async fn run(plan: &FaultPlan) -> Report {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    // Each service log, read once: the consumer watchdog's interventions always;
+    // Each service log, read once: the stalls its consumer reported always;
     // on failure, a copy kept and the tail printed after the verdict (CI keeps
     // only the head and the end of a test's output).
     let kept =

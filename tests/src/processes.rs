@@ -116,8 +116,11 @@ impl ProcessStack {
             .stderr(self.log_file("gateway-sim"))
             .spawn()
             .expect("start gateway-sim");
-        self.gateway = Some(child);
-        wait_http(&format!("{}/healthz", self.gateway_url));
+        let url = format!("{}/healthz", self.gateway_url);
+        let child = self.gateway.insert(child);
+        if let Some(status) = tokio::task::block_in_place(|| wait_http(&url, child)) {
+            panic!("gateway-sim exited during start-up ({status})");
+        }
     }
 
     /// Starts `service` as a process and waits until it answers /readyz.
@@ -144,23 +147,12 @@ impl ProcessStack {
             .stdout(self.log_file(service))
             .stderr(self.log_file(service));
         let child = command.spawn().unwrap_or_else(|e| panic!("start {service}: {e}"));
-        self.services.insert(service, child);
+        let child = self.services.entry(service).insert_entry(child).into_mut();
         let url = format!("http://127.0.0.1:{port}/readyz");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let probe = url.clone();
-            let (ready, answer) = tokio::task::spawn_blocking(move || http_get(&probe)).await.expect("readiness probe");
-            if ready {
-                return;
-            }
-            if let Some(status) = self.services.get_mut(service).and_then(|c| c.try_wait().ok().flatten()) {
-                // With extra settings (a chaos start, say) exiting early can be the
-                // point; the caller looks. Otherwise it is a failure to start.
-                assert!(!extra.is_empty(), "{service} exited during start-up ({status})");
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "{service} did not become ready in 30 s: {answer}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(status) = tokio::task::block_in_place(|| wait_http(&url, child)) {
+            // With extra settings (a chaos start, say) exiting early can be the
+            // point; the caller looks. Otherwise it is a failure to start.
+            assert!(!extra.is_empty(), "{service} exited during start-up ({status})");
         }
     }
 
@@ -230,22 +222,26 @@ impl Drop for ProcessStack {
     }
 }
 
-/// Blocks until `url` (plain `http://host:port/path`) answers 200 (30 s at most).
-fn wait_http(url: &str) {
+/// Blocks until `url` (plain `http://host:port/path`) answers 200, or `child`,
+/// the process behind it, exits (its status is returned then). Panics after
+/// 30 s, with the last answer.
+fn wait_http(url: &str, child: &mut Child) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !http_ok(url) {
-        assert!(std::time::Instant::now() < deadline, "{url} did not become ready");
+    loop {
+        let (ready, answer) = http_get(url);
+        if ready {
+            return None;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        assert!(std::time::Instant::now() < deadline, "{url} did not become ready in 30 s: {answer}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// A minimal blocking GET, enough for readiness probes without an HTTP client.
-fn http_ok(url: &str) -> bool {
-    http_get(url).0
-}
-
-/// GET `url` (plain `http://host:port/path`): whether it answered 200, and
-/// what it answered (or why there was no answer).
+/// A minimal blocking GET, enough for readiness probes without an HTTP client:
+/// whether it answered 200, and what it answered (or why there was no answer).
 fn http_get(url: &str) -> (bool, String) {
     use std::io::{Read, Write};
     let rest = url.trim_start_matches("http://");

@@ -243,34 +243,20 @@ impl Handler for Counted {
 }
 
 /// Records flow to six partitions while a second and a third replica of the
-/// group join (each takes partitions over) and, later, leave (gracefully). Each rebalance hands a partition
-/// over only once its old owner has finished the record in hand and committed
-/// its offset, so every record is delivered once (no redelivery, the inbox is
-/// never needed), applied once, and each partition's records in order. On Tansu
-/// only the last two hold (see the end of the test).
+/// group join (each takes partitions over) and, later, leave (gracefully). Each
+/// rebalance hands a partition over only once its old owner has finished the
+/// record in hand and committed its offset, so every record is delivered once
+/// (no redelivery, the inbox is never needed), applied once, and each
+/// partition's records in order. On Tansu only the last two hold (see the end
+/// of the test).
 async fn replicas_joining_and_leaving_hand_over_partitions_without_redelivery(target: Target) {
     const PARTITIONS: i32 = 6;
     let fixture = Fixture::start(target, PARTITIONS, BrokerStorage::Durable).await;
     let handler = Counted::default();
     let first = fixture.replica(fixture.settings(), handler.for_replica(0));
-    let producer = fixture.producer.clone();
+    // About 60 records/s until the last replica has left.
     let publishing_ends = CancellationToken::new();
-    let until = publishing_ends.clone();
-    let publishing = tokio::spawn(async move {
-        let mut published = Vec::new();
-        // About 60 records/s, round the partitions, until the last replica has left.
-        for seq in 0.. {
-            if until.is_cancelled() {
-                break;
-            }
-            let partition = seq % PARTITIONS;
-            let user_id = format!("p{partition}-{seq:05}");
-            publish(&producer, partition, &user_id).await;
-            published.push(user_id);
-            tokio::time::sleep(Duration::from_millis(16)).await;
-        }
-        published
-    });
+    let publishing = keep_publishing(&fixture, PARTITIONS, Duration::from_millis(16), publishing_ends.clone());
     // Each replica joins once the previous one has applied records (a Kafka
     // rebalance takes a few seconds), and leaves while records still flow.
     let has_applied = |replica: usize| {
@@ -338,12 +324,12 @@ async fn replicas_joining_and_leaving_hand_over_partitions_without_redelivery(ta
 }
 
 /// The broker is SIGKILLed and comes back after more than the consumer's session
-/// timeout (10 s here), while
-/// records keep coming. The consumer, a static member, loses its session;
+/// timeout (10 s here), while records keep coming. The consumer, a static
+/// member, loses its session;
 /// librdkafka then sends its queued auto-commits with the member id it lost,
 /// Kafka fences them (FencedInstanceId), and a fenced consumer is dead for good.
 /// The loop sees the fatal error and joins with a new consumer: records flow
-/// again soon after the broker is back, with the stall watchdog out of the way.
+/// again soon after the broker is back, with stall detection out of the way.
 /// (Tansu fences nothing: there the consumer simply joins again.)
 async fn a_static_member_resumes_after_a_broker_restart_longer_than_its_session(target: Target) {
     let mut fixture = Fixture::start(target, 3, BrokerStorage::Durable).await;
@@ -351,14 +337,8 @@ async fn a_static_member_resumes_after_a_broker_restart_longer_than_its_session(
     let mut settings = fixture.settings();
     settings.group_instance_id = Some(format!("{GROUP}-1"));
     let replica = fixture.replica(settings, handler.clone());
-    let producer = fixture.producer.clone();
-    let publishing = tokio::spawn(async move {
-        for seq in 0.. {
-            let partition = seq % 3;
-            publish(&producer, partition, &format!("p{partition}-{seq:05}")).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let publishing_ends = CancellationToken::new();
+    let publishing = keep_publishing(&fixture, 3, Duration::from_millis(50), publishing_ends.clone());
     let applied = || handler.applied.lock().unwrap_or_else(|p| p.into_inner()).len();
     eventually("records flow", Duration::from_secs(60), || async { expect_eq("flowing", applied() > 20, true) }).await;
     fixture.broker.kill();
@@ -376,7 +356,8 @@ async fn a_static_member_resumes_after_a_broker_restart_longer_than_its_session(
         expect_eq("flowing again", applied() > before + 20, true)
     })
     .await;
-    publishing.abort();
+    publishing_ends.cancel();
+    publishing.await.expect("publisher");
     println!(
         "{target:?}: broker back {:?} after the kill; records flowed again {:?} after that",
         back - killed,
@@ -393,8 +374,7 @@ struct Fixture {
     broker: Broker,
     db: Db,
     producer: FutureProducer,
-    shutdown: CancellationToken,
-    running: Option<JoinHandle<Result<(), platform::Error>>>,
+    consuming: Option<Replica>,
 }
 
 impl Fixture {
@@ -413,10 +393,11 @@ impl Fixture {
         let db = Db::connect(&dbs.url_for("consumer").await, 4, Duration::from_secs(5)).await.expect("database");
         db.migrate(&Migrator::DEFAULT).await.expect("migrations");
         let producer = platform::kafka::producer(&broker.addr).expect("producer");
-        Fixture { dbs, broker, db, producer, shutdown: CancellationToken::new(), running: None }
+        Fixture { dbs, broker, db, producer, consuming: None }
     }
 
-    /// The consumer settings of these tests: short retries, no watchdog.
+    /// The consumer settings of these tests: short retries, stall detection out
+    /// of the way.
     fn settings(&self) -> ConsumerSettings {
         ConsumerSettings {
             service: "consumer-test",
@@ -440,10 +421,7 @@ impl Fixture {
     }
 
     fn consume(&mut self, settings: ConsumerSettings, handler: impl Handler) {
-        let (db, producer) = (self.db.clone(), self.producer.clone());
-        let run =
-            consumer::run(settings, db, producer, Arc::new(Notify::new()), Arc::new(handler), self.shutdown.clone());
-        self.running = Some(tokio::spawn(run));
+        self.consuming = Some(self.replica(settings, handler));
     }
 
     /// One more member of the group, with its own shutdown.
@@ -460,9 +438,8 @@ impl Fixture {
 
     /// Graceful stop of the consumer loop, which must end without an error.
     async fn stop_consuming(&mut self) {
-        self.shutdown.cancel();
-        if let Some(running) = self.running.take() {
-            running.await.expect("consumer task").expect("consumer ends cleanly");
+        if let Some(consuming) = self.consuming.take() {
+            consuming.leave().await;
         }
     }
 
@@ -493,6 +470,31 @@ impl Fixture {
     }
 }
 
+/// Publishes registrations `p<partition>-<seq>` round `partitions`, one every
+/// `pause`, until `until`; returns the user ids published, in order.
+fn keep_publishing(
+    fixture: &Fixture,
+    partitions: i32,
+    pause: Duration,
+    until: CancellationToken,
+) -> JoinHandle<Vec<String>> {
+    let producer = fixture.producer.clone();
+    tokio::spawn(async move {
+        let mut published = Vec::new();
+        for seq in 0.. {
+            if until.is_cancelled() {
+                break;
+            }
+            let partition = seq % partitions;
+            let user_id = format!("p{partition}-{seq:05}");
+            publish(&producer, partition, &user_id).await;
+            published.push(user_id);
+            tokio::time::sleep(pause).await;
+        }
+        published
+    })
+}
+
 /// Publishes a registration of `user_id` to `partition`; returns when acknowledged.
 async fn publish(producer: &FutureProducer, partition: i32, user_id: &str) {
     let email = format!("{user_id}@example.com");
@@ -503,7 +505,7 @@ async fn publish(producer: &FutureProducer, partition: i32, user_id: &str) {
     producer.send(record, Duration::from_secs(30)).await.expect("publish");
 }
 
-/// A consumer loop started by [`Fixture::replica`].
+/// A consumer loop started by [`Fixture::replica`] (or [`Fixture::consume`]).
 struct Replica {
     shutdown: CancellationToken,
     running: JoinHandle<Result<(), platform::Error>>,

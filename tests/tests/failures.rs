@@ -237,7 +237,8 @@ async fn on_kafka_a_fatal_producer_error_stops_the_service_for_its_supervisor() 
     // The service's own checks, on a producer of the same making.
     let producer = platform::kafka::producer(&broker.addr).expect("producer");
     eventually("the producer fails fatally", SAGA, || async {
-        expect_eq("fatal", platform::kafka::fatal_error(&producer).is_some(), true)
+        use rdkafka::producer::Producer as _;
+        expect_eq("fatal", platform::kafka::fatal_error(producer.client()).is_some(), true)
     })
     .await;
     let db = platform::Db::connect(&dbs.url_for("user-svc").await, 1, Duration::from_secs(5)).await.expect("db");

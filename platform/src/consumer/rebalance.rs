@@ -23,6 +23,7 @@ use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Key;
+use super::lock;
 
 /// How long a revoke waits for a worker to finish its record in hand. Well
 /// inside the group's rebalance timeout (`max.poll.interval.ms`); past it, the
@@ -159,8 +160,4 @@ fn in_blocking_section(wait: impl FnOnce()) {
         }
         _ => wait(),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
