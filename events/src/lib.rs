@@ -4,8 +4,11 @@
 //! validate before they publish.
 //!
 //! Decoding is strict and total: anything that is not a known, supported message
-//! comes back as a [`DecodeError`], which the runtime treats as permanent.
+//! comes back as a [`DecodeError`], which the runtime treats as permanent. The
+//! envelope is read tolerantly, though: fields a newer producer added to it are
+//! ignored (payloads evolve by schema version instead).
 
+pub mod limits;
 mod messages;
 mod order_status;
 pub mod topics;
@@ -121,13 +124,14 @@ catalogue! {
     StockReserved => topics::INVENTORY_EVENTS, key: order_id, version: 1;
     StockReservationFailed => topics::INVENTORY_EVENTS, key: order_id, version: 1;
     StockCommitted => topics::INVENTORY_EVENTS, key: order_id, version: 1;
-    StockReleased => topics::INVENTORY_EVENTS, key: order_id, version: 1;
+    StockReleased => topics::INVENTORY_EVENTS, key: order_id, version: 2;
     StockReceived => topics::INVENTORY_EVENTS, key: sku, version: 1;
 
     PaymentAuthorized => topics::PAYMENT_EVENTS, key: order_id, version: 1;
     PaymentDeclined => topics::PAYMENT_EVENTS, key: order_id, version: 1;
     PaymentDeferred => topics::PAYMENT_EVENTS, key: order_id, version: 1;
     PaymentRefunded => topics::PAYMENT_EVENTS, key: order_id, version: 1;
+    PaymentRefundFailed => topics::PAYMENT_EVENTS, key: order_id, version: 1;
 
     NotificationSent => topics::NOTIFICATION_EVENTS, key: order_id, version: 1;
 }
@@ -198,9 +202,12 @@ pub enum DecodeError {
     Invalid { event_type: String, source: ValidationError },
 }
 
-/// The wire form of an envelope, payload not yet interpreted.
+/// The wire form of an envelope, payload not yet interpreted. Unknown fields
+/// are ignored (tolerant reader): the envelope has no version of its own, so a
+/// field added by a newer producer must not dead-letter every record in
+/// consumers built before it. Payloads keep their own rules (command payloads
+/// deny unknown fields; changes go through `schema_version` and upcasting).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WireEnvelope {
     event_id: Uuid,
     event_type: String,
@@ -306,10 +313,26 @@ impl Envelope {
     }
 }
 
-/// JSON Schema of the envelope around a given payload schema, as exported for
-/// non-Rust producers (one file per message type).
+/// JSON Schema (draft 7) of the envelope around a given payload schema, as
+/// exported for non-Rust producers (one file per message type).
+///
+/// Self-contained: the payload's `definitions` move to the document root and its
+/// nested `$schema` is dropped, so every `$ref: "#/definitions/X"` in the payload
+/// resolves against this document, as any conforming validator resolves it.
+///
+/// The envelope is strict (`additionalProperties: false`) because the schema is
+/// what producers validate against: a misspelt `causation_id` should fail there,
+/// not travel unnoticed. Readers are more lenient than this schema: consumers
+/// ignore unknown envelope fields, so a field added later reaches old consumers
+/// harmlessly (tolerant reader), while this schema tells producers what the
+/// current contract is.
 pub fn envelope_schema(spec: &MessageSpec, payload: &schemars::schema::RootSchema) -> Value {
-    serde_json::json!({
+    let mut payload = serde_json::to_value(payload).expect("schemas serialise");
+    let definitions = payload.as_object_mut().and_then(|p| {
+        p.remove("$schema");
+        p.remove("definitions")
+    });
+    let mut schema = serde_json::json!({
         "$schema": "http://json-schema.org/draft-07/schema#",
         "title": spec.event_type,
         "description": format!(
@@ -329,5 +352,32 @@ pub fn envelope_schema(spec: &MessageSpec, payload: &schemars::schema::RootSchem
             "producer": { "type": "string" },
             "payload": payload,
         }
-    })
+    });
+    if let (Some(definitions), Some(root)) = (definitions, schema.as_object_mut()) {
+        root.insert("definitions".to_owned(), definitions);
+    }
+    whole_number_bounds(&mut schema);
+    schema
+}
+
+/// schemars keeps `minimum`/`maximum` as f64 (`1000000.0`); the bounds of our
+/// integer fields are whole numbers well below 2^53, so they are written as
+/// integers, the way a reader of the schema expects them.
+fn whole_number_bounds(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            for (key, value) in object.iter_mut() {
+                let bound = matches!(key.as_str(), "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum");
+                match value.as_f64() {
+                    Some(f) if bound && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+                        // Exact: |f| < 2^53 and has no fraction.
+                        *value = Value::from(f as i64);
+                    }
+                    _ => whole_number_bounds(value),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_number_bounds),
+        _ => {}
+    }
 }

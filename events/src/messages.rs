@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::limits;
 use crate::ValidationError;
 
 /// Field-level checks beyond what the types already enforce.
@@ -13,25 +14,40 @@ pub trait Validate {
     }
 }
 
-fn non_empty(field: &'static str, value: &str) -> Result<(), ValidationError> {
-    if value.trim().is_empty() {
+/// A string of `min..=max` characters (Unicode scalar values, as JSON Schema
+/// counts them); a required one (`min` > 0) must not be whitespace alone either.
+fn text(field: &str, value: &str, min: usize, max: usize) -> Result<(), ValidationError> {
+    if min > 0 && value.trim().is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
     }
-    Ok(())
-}
-
-fn positive(field: &'static str, value: i64) -> Result<(), ValidationError> {
-    if value <= 0 {
-        return Err(ValidationError::new(field, format!("must be positive, got {value}")));
+    let chars = value.chars().count();
+    if chars < min {
+        return Err(ValidationError::new(field, format!("must be at least {min} characters, got {chars}")));
+    }
+    if chars > max {
+        return Err(ValidationError::new(field, format!("must be at most {max} characters, got {chars}")));
     }
     Ok(())
 }
 
-fn not_negative(field: &'static str, value: i64) -> Result<(), ValidationError> {
-    if value < 0 {
-        return Err(ValidationError::new(field, format!("must not be negative, got {value}")));
+/// A whole number in `min..=max`.
+fn number(field: &str, value: i64, min: i64, max: i64) -> Result<(), ValidationError> {
+    if value < min {
+        let reason = match min {
+            0 => format!("must not be negative, got {value}"),
+            1 => format!("must be positive, got {value}"),
+            _ => format!("must be at least {min}, got {value}"),
+        };
+        return Err(ValidationError::new(field, reason));
+    }
+    if value > max {
+        return Err(ValidationError::new(field, format!("must be at most {max}, got {value}")));
     }
     Ok(())
+}
+
+fn id(field: &str, value: &str) -> Result<(), ValidationError> {
+    text(field, value, limits::MIN_REQUIRED_CHARS, limits::MAX_ID_CHARS)
 }
 
 // ---- user-svc ----------------------------------------------------------------
@@ -40,15 +56,19 @@ fn not_negative(field: &'static str, value: i64) -> Result<(), ValidationError> 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterUser {
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_ID_CHARS"))]
     pub user_id: String,
+    #[schemars(email, length(max = "limits::MAX_EMAIL_CHARS"))]
     pub email: String,
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_NAME_CHARS"))]
     pub name: String,
 }
 
 impl Validate for RegisterUser {
     fn validate(&self) -> Result<(), ValidationError> {
-        non_empty("user_id", &self.user_id)?;
-        non_empty("name", &self.name)?;
+        id("user_id", &self.user_id)?;
+        text("name", &self.name, limits::MIN_REQUIRED_CHARS, limits::MAX_NAME_CHARS)?;
+        text("email", &self.email, 0, limits::MAX_EMAIL_CHARS)?;
         match self.email.split_once('@') {
             Some((local, domain)) if !local.is_empty() && domain.contains('.') => Ok(()),
             _ => Err(ValidationError::new("email", format!("`{}` is not an email address", self.email))),
@@ -77,47 +97,55 @@ impl Validate for UserRegistrationRejected {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_ID_CHARS"))]
     pub sku: String,
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_NAME_CHARS"))]
     pub name: String,
+    #[schemars(range(min = "limits::MIN_PRICE_MINOR", max = "limits::MAX_PRICE_MINOR"))]
     pub price_minor: i64,
     #[serde(default)]
+    #[schemars(range(min = "limits::MIN_INITIAL_STOCK", max = "limits::MAX_INITIAL_STOCK"))]
     pub initial_stock: i64,
 }
 
 impl Validate for CreateProduct {
     fn validate(&self) -> Result<(), ValidationError> {
-        non_empty("sku", &self.sku)?;
-        non_empty("name", &self.name)?;
-        not_negative("price_minor", self.price_minor)?;
-        not_negative("initial_stock", self.initial_stock)
+        id("sku", &self.sku)?;
+        text("name", &self.name, limits::MIN_REQUIRED_CHARS, limits::MAX_NAME_CHARS)?;
+        number("price_minor", self.price_minor, limits::MIN_PRICE_MINOR, limits::MAX_PRICE_MINOR)?;
+        number("initial_stock", self.initial_stock, limits::MIN_INITIAL_STOCK, limits::MAX_INITIAL_STOCK)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePrice {
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_ID_CHARS"))]
     pub sku: String,
+    #[schemars(range(min = "limits::MIN_PRICE_MINOR", max = "limits::MAX_PRICE_MINOR"))]
     pub price_minor: i64,
 }
 
 impl Validate for ChangePrice {
     fn validate(&self) -> Result<(), ValidationError> {
-        non_empty("sku", &self.sku)?;
-        not_negative("price_minor", self.price_minor)
+        id("sku", &self.sku)?;
+        number("price_minor", self.price_minor, limits::MIN_PRICE_MINOR, limits::MAX_PRICE_MINOR)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockProduct {
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_ID_CHARS"))]
     pub sku: String,
+    #[schemars(range(min = "limits::MIN_RESTOCK_QUANTITY", max = "limits::MAX_RESTOCK_QUANTITY"))]
     pub quantity: i64,
 }
 
 impl Validate for RestockProduct {
     fn validate(&self) -> Result<(), ValidationError> {
-        non_empty("sku", &self.sku)?;
-        positive("quantity", self.quantity)
+        id("sku", &self.sku)?;
+        number("quantity", self.quantity, limits::MIN_RESTOCK_QUANTITY, limits::MAX_RESTOCK_QUANTITY)
     }
 }
 
@@ -156,11 +184,15 @@ impl Validate for ProductCommandRejected {}
 
 // ---- order-svc ---------------------------------------------------------------
 
-/// One line of an order as the customer asked for it.
+/// One line of an order as the customer asked for it. Its bounds are checked by
+/// PlaceOrder's validation; StockReserved and StockReleased carry lines of
+/// validated orders, so their schemas show the same bounds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_ID_CHARS"))]
     pub sku: String,
+    #[schemars(range(min = "limits::MIN_QUANTITY", max = "limits::MAX_QUANTITY"))]
     pub quantity: i64,
 }
 
@@ -169,31 +201,34 @@ pub struct OrderLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_ID_CHARS"))]
     pub order_id: String,
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_ID_CHARS"))]
     pub user_id: String,
+    #[schemars(length(min = "limits::MIN_LINES", max = "limits::MAX_LINES"))]
     pub lines: Vec<OrderLine>,
     /// Opaque card token handed to the payment gateway.
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_PAYMENT_TOKEN_CHARS"))]
     pub payment_token: String,
 }
 
 impl Validate for PlaceOrder {
     fn validate(&self) -> Result<(), ValidationError> {
-        non_empty("order_id", &self.order_id)?;
-        non_empty("user_id", &self.user_id)?;
-        non_empty("payment_token", &self.payment_token)?;
-        if self.lines.is_empty() {
+        id("order_id", &self.order_id)?;
+        id("user_id", &self.user_id)?;
+        text("payment_token", &self.payment_token, limits::MIN_REQUIRED_CHARS, limits::MAX_PAYMENT_TOKEN_CHARS)?;
+        if self.lines.len() < limits::MIN_LINES {
             return Err(ValidationError::new("lines", "an order needs at least one line"));
         }
+        if self.lines.len() > limits::MAX_LINES {
+            return Err(ValidationError::new(
+                "lines",
+                format!("must have at most {} lines, got {}", limits::MAX_LINES, self.lines.len()),
+            ));
+        }
         for (i, line) in self.lines.iter().enumerate() {
-            if line.sku.trim().is_empty() {
-                return Err(ValidationError::new(format!("lines[{i}].sku"), "must not be empty"));
-            }
-            if line.quantity <= 0 {
-                return Err(ValidationError::new(
-                    format!("lines[{i}].quantity"),
-                    format!("must be positive, got {}", line.quantity),
-                ));
-            }
+            id(&format!("lines[{i}].sku"), &line.sku)?;
+            number(&format!("lines[{i}].quantity"), line.quantity, limits::MIN_QUANTITY, limits::MAX_QUANTITY)?;
         }
         let mut skus: Vec<&str> = self.lines.iter().map(|l| l.sku.as_str()).collect();
         skus.sort_unstable();
@@ -207,14 +242,17 @@ impl Validate for PlaceOrder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelOrder {
+    #[schemars(length(min = "limits::MIN_REQUIRED_CHARS", max = "limits::MAX_ID_CHARS"))]
     pub order_id: String,
     #[serde(default)]
+    #[schemars(length(max = "limits::MAX_REASON_CHARS"))]
     pub reason: String,
 }
 
 impl Validate for CancelOrder {
     fn validate(&self) -> Result<(), ValidationError> {
-        non_empty("order_id", &self.order_id)
+        id("order_id", &self.order_id)?;
+        text("reason", &self.reason, 0, limits::MAX_REASON_CHARS)
     }
 }
 
@@ -306,12 +344,17 @@ pub struct StockCommitted {
 }
 impl Validate for StockCommitted {}
 
-/// Compensation: reserved or sold units went back to available.
+/// Compensation: reserved or sold units went back to available. `lines` is
+/// empty when the release came before any reservation (the order was cancelled
+/// before inventory saw it): nothing was taken, and nothing will be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockReleased {
     pub order_id: String,
     pub lines: Vec<OrderLine>,
     pub reason: String,
+    /// Released because the payment was refunded (PaymentRefunded), rather than
+    /// never taken (PaymentDeclined). Version 2; version 1 said "refunded" in `reason`.
+    pub refunded: bool,
 }
 impl Validate for StockReleased {}
 
@@ -352,6 +395,16 @@ pub struct PaymentDeferred {
     pub deadline_ms: i64,
 }
 impl Validate for PaymentDeferred {}
+
+/// The gateway refused a refund that is owed: no automatic step can fix that,
+/// so order-svc hands the order to an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentRefundFailed {
+    pub order_id: String,
+    pub charge_id: String,
+    pub reason: String,
+}
+impl Validate for PaymentRefundFailed {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentRefunded {

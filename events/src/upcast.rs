@@ -18,6 +18,7 @@ pub(crate) fn to_current(event_type: &str, mut version: u32, mut payload: Value)
 fn step(event_type: &str, from: u32, payload: Value) -> Result<Value, DecodeError> {
     match (event_type, from) {
         ("PlaceOrder", 1) => place_order_v1_to_v2(payload),
+        ("StockReleased", 1) => stock_released_v1_to_v2(payload),
         _ => Err(DecodeError::InvalidPayload {
             event_type: event_type.to_owned(),
             reason: format!("no upcast from version {from}"),
@@ -49,5 +50,17 @@ fn place_order_v1_to_v2(mut payload: Value) -> Result<Value, DecodeError> {
     if let Some(token) = object.remove("card_token") {
         object.insert("payment_token".to_owned(), token);
     }
+    Ok(payload)
+}
+
+/// StockReleased v1 told a refund apart from a declined payment only by its
+/// reason text, "refunded"; v2 says it in `refunded`.
+fn stock_released_v1_to_v2(mut payload: Value) -> Result<Value, DecodeError> {
+    let object = payload.as_object_mut().ok_or_else(|| DecodeError::InvalidPayload {
+        event_type: "StockReleased".to_owned(),
+        reason: "version 1: payload is not an object".to_owned(),
+    })?;
+    let refunded = object.get("reason").and_then(Value::as_str) == Some("refunded");
+    object.insert("refunded".to_owned(), Value::Bool(refunded));
     Ok(payload)
 }

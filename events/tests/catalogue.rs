@@ -136,6 +136,112 @@ fn validation_names_the_field_at_fault() {
     assert_eq!(restock.validate().expect_err("negative").field, "quantity");
 }
 
+/// A newer producer may add envelope fields; older consumers must read the
+/// record as before instead of dead-lettering it.
+#[test]
+fn unknown_envelope_fields_are_ignored() {
+    let payload = json!({"order_id": "o1", "reason": "changed my mind"});
+    let plain = Envelope::from_json(&wire("CancelOrder", 1, payload.clone())).expect("plain envelope");
+    let mut newer: serde_json::Value = serde_json::from_slice(&wire("CancelOrder", 1, payload)).expect("json");
+    newer["tenant"] = json!("x");
+    newer["trace_flags"] = json!(1);
+    let newer = Envelope::from_json(&serde_json::to_vec(&newer).expect("json")).expect("newer envelope decodes");
+    assert_eq!(newer, plain);
+    assert_eq!(newer.message, CancelOrder { order_id: "o1".into(), reason: "changed my mind".into() }.into());
+
+    // Payload rules stay as they were: a command payload still denies unknown fields.
+    let extra = json!({"order_id": "o1", "tenant": "x"});
+    let error = Envelope::from_json(&wire("CancelOrder", 1, extra)).expect_err("unknown payload field");
+    assert!(error.to_string().contains("unknown field `tenant`"), "{error}");
+}
+
+/// Issue 12 item 6: 4611686018427387904 units at 4000.00 wrapped to a total of
+/// 0.00 downstream; the command is now refused at the edge, naming the field.
+#[test]
+fn commands_out_of_bounds_are_refused_naming_field_and_bound() {
+    let huge = json!({
+        "order_id": "o1", "user_id": "u1",
+        "lines": [{"sku": "S", "quantity": 4_611_686_018_427_387_904_i64}],
+        "payment_token": "tok",
+    });
+    let error = Envelope::from_json(&wire("PlaceOrder", 2, huge)).expect_err("too many units");
+    let DecodeError::Invalid { source, .. } = error else { panic!("not a validation error: {error}") };
+    assert_eq!(source.field, "lines[0].quantity");
+    assert_eq!(source.reason, "must be at most 1000000, got 4611686018427387904");
+    let product = CreateProduct { sku: "S".into(), name: "N".into(), price_minor: 400_000, initial_stock: 0 };
+    assert_eq!(product.validate(), Ok(()), "4000.00 is a fine price");
+
+    let line = |i: usize, quantity: i64| OrderLine { sku: format!("S{i}"), quantity };
+    let order = |lines: Vec<OrderLine>| PlaceOrder {
+        order_id: "o1".into(),
+        user_id: "u1".into(),
+        lines,
+        payment_token: "tok".into(),
+    };
+    let at_bounds = order((0..limits::MAX_LINES).map(|i| line(i, limits::MAX_QUANTITY)).collect());
+    assert_eq!(at_bounds.validate(), Ok(()));
+    let too_many = order((0..=limits::MAX_LINES).map(|i| line(i, 1)).collect());
+    assert_eq!(too_many.validate(), Err(ValidationError::new("lines", "must have at most 100 lines, got 101")));
+
+    // Lengths count characters, as JSON Schema does: 128 two-byte characters fit.
+    let id = "é".repeat(limits::MAX_ID_CHARS);
+    let mut long = order(vec![line(0, 1)]);
+    long.user_id = id.clone();
+    assert_eq!(long.validate(), Ok(()));
+    long.user_id.push('x');
+    assert_eq!(long.validate(), Err(ValidationError::new("user_id", "must be at most 128 characters, got 129")));
+
+    let cases: Vec<(Message, &str, &str)> = vec![
+        (
+            CreateProduct {
+                sku: "S".into(),
+                name: "N".into(),
+                price_minor: limits::MAX_PRICE_MINOR + 1,
+                initial_stock: 0,
+            }
+            .into(),
+            "price_minor",
+            "must be at most 10000000000, got 10000000001",
+        ),
+        (
+            CreateProduct { sku: "S".into(), name: "N".into(), price_minor: 1, initial_stock: 1_000_000_001 }.into(),
+            "initial_stock",
+            "must be at most 1000000000, got 1000000001",
+        ),
+        (ChangePrice { sku: "S".into(), price_minor: -1 }.into(), "price_minor", "must not be negative, got -1"),
+        (
+            RestockProduct { sku: "S".into(), quantity: 1_000_001 }.into(),
+            "quantity",
+            "must be at most 1000000, got 1000001",
+        ),
+        (
+            RegisterUser { user_id: "u".into(), email: format!("{}@example.com", "a".repeat(250)), name: "N".into() }
+                .into(),
+            "email",
+            "must be at most 254 characters, got 262",
+        ),
+        (
+            RegisterUser { user_id: "u".into(), email: "u@example.com".into(), name: "n".repeat(201) }.into(),
+            "name",
+            "must be at most 200 characters, got 201",
+        ),
+        (
+            CancelOrder { order_id: "o".into(), reason: "r".repeat(1001) }.into(),
+            "reason",
+            "must be at most 1000 characters, got 1001",
+        ),
+        (
+            PlaceOrder { payment_token: "t".repeat(129), ..order(vec![line(0, 1)]) }.into(),
+            "payment_token",
+            "must be at most 128 characters, got 129",
+        ),
+        (order(vec![line(0, 1), line(1, 0)]).into(), "lines[1].quantity", "must be positive, got 0"),
+    ];
+    for (message, field, reason) in cases {
+        assert_eq!(message.validate(), Err(ValidationError::new(field, reason)), "{}", message.event_type());
+    }
+}
+
 #[test]
 fn each_topic_has_one_kind_of_producer() {
     for spec in CATALOGUE {
@@ -168,5 +274,16 @@ fn exported_schemas_match_the_types() {
             let committed = std::fs::read_to_string(&path).unwrap_or_default();
             assert_eq!(committed, text, "{} is stale: run UPDATE_SCHEMAS=1 cargo test -p events", path.display());
         }
+    }
+}
+
+#[test]
+fn stock_released_v1_is_upcast_with_the_refund_from_its_reason() {
+    for (reason, refunded) in [("refunded", true), ("payment declined: card declined", false)] {
+        let v1 = json!({"order_id": "o1", "lines": [{"sku": "S", "quantity": 1}], "reason": reason});
+        let envelope = Envelope::from_json(&wire("StockReleased", 1, v1)).expect("v1 decodes");
+        assert_eq!(envelope.schema_version, 2);
+        let Message::StockReleased(released) = envelope.message else { panic!("not a StockReleased") };
+        assert_eq!((released.reason.as_str(), released.refunded), (reason, refunded));
     }
 }

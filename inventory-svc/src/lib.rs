@@ -6,14 +6,15 @@
 //! line or none), OrderConfirmed (reserved → sold), PaymentDeclined and
 //! PaymentRefunded (compensation: back to available).
 
-mod stock;
+pub mod stock;
 
 use events::{topics, Envelope, Message};
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
 
 pub const SERVICE: &str = "inventory-svc";
 
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!();
+/// The service's tables (after the platform's: see [`platform::Db::migrate`]).
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!();
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "inventory-svc", about = "Owns stock and reservations")]
@@ -51,9 +52,9 @@ impl Handler for Inventory {
             M::OrderPlaced(order) => stock::reserve(order, tx).await,
             M::OrderConfirmed(order) => stock::commit(&order.order_id, tx).await,
             M::PaymentDeclined(declined) => {
-                stock::release(&declined.order_id, &format!("payment declined: {}", declined.reason), tx).await
+                stock::release(&declined.order_id, &format!("payment declined: {}", declined.reason), false, tx).await
             }
-            M::PaymentRefunded(refund) => stock::release(&refund.order_id, "refunded", tx).await,
+            M::PaymentRefunded(refund) => stock::release(&refund.order_id, "refunded", true, tx).await,
             _ => Ok(()),
         }
     }

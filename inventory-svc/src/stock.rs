@@ -47,11 +47,19 @@ pub async fn receive(sku: &str, quantity: i64, new_product: bool, tx: &mut Tx) -
 /// Reserves every line or none. Lines are taken in SKU order so that two
 /// reservations on PostgreSQL lock rows in the same order and cannot deadlock.
 pub async fn reserve(order: &OrderPlaced, tx: &mut Tx) -> Result<(), HandlerError> {
-    let exists = sqlx::query("SELECT status FROM reservations WHERE order_id = $1")
-        .bind(&order.order_id)
-        .fetch_optional(tx.conn())
-        .await?;
-    if exists.is_some() {
+    // The reservation row first: it claims the order id, so a release racing
+    // in on another topic either finds it or leaves its tombstone, never both.
+    let claimed = sqlx::query(
+        "INSERT INTO reservations (order_id, status, created_at, updated_at) VALUES ($1, $2, $3, $3)
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(&order.order_id)
+    .bind(RESERVED)
+    .bind(now_ms())
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    if claimed == 0 {
         return Ok(());
     }
     let mut lines: Vec<OrderLine> =
@@ -80,25 +88,25 @@ pub async fn reserve(order: &OrderPlaced, tx: &mut Tx) -> Result<(), HandlerErro
             .await?;
         match available {
             Some(available) => short.push(ShortLine { sku: line.sku.clone(), requested: line.quantity, available }),
-            // order-svc knew this product, so its ProductCreated is on its way to
-            // us on another topic: wait for it rather than reject the order.
-            None => return Err(HandlerError::transient(format!("SKU {} not yet known to inventory", line.sku))),
+            // order-svc knew this product, so its ProductCreated is on its way
+            // to us on another topic: wait a while for it, then say it is short.
+            None => {
+                tx.wait_for_projection(&format!("SKU {}", line.sku))?;
+                short.push(ShortLine { sku: line.sku.clone(), requested: line.quantity, available: 0 });
+            }
         }
     }
-    let status = if short.is_empty() { RESERVED } else { FAILED };
     if !short.is_empty() {
         // All or nothing: hand back what this order took, in this transaction.
         for line in taken {
             move_units(&line.sku, line.quantity, "reserved", "available", tx).await?;
         }
+        sqlx::query("UPDATE reservations SET status = $2 WHERE order_id = $1")
+            .bind(&order.order_id)
+            .bind(FAILED)
+            .execute(tx.conn())
+            .await?;
     }
-    let now = now_ms();
-    sqlx::query("INSERT INTO reservations (order_id, status, created_at, updated_at) VALUES ($1, $2, $3, $3)")
-        .bind(&order.order_id)
-        .bind(status)
-        .bind(now)
-        .execute(tx.conn())
-        .await?;
     for line in &lines {
         sqlx::query("INSERT INTO reservation_lines (order_id, sku, quantity) VALUES ($1, $2, $3)")
             .bind(&order.order_id)
@@ -122,7 +130,7 @@ pub async fn reserve(order: &OrderPlaced, tx: &mut Tx) -> Result<(), HandlerErro
 
 /// Payment went through: reserved units become sold.
 pub async fn commit(order_id: &str, tx: &mut Tx) -> Result<(), HandlerError> {
-    let Some(lines) = transition(order_id, &[RESERVED], COMMITTED, tx).await? else { return Ok(()) };
+    let Some((_, lines)) = transition(order_id, &[RESERVED], COMMITTED, tx).await? else { return Ok(()) };
     for line in &lines {
         move_units(&line.sku, line.quantity, "reserved", "sold", tx).await?;
     }
@@ -132,33 +140,55 @@ pub async fn commit(order_id: &str, tx: &mut Tx) -> Result<(), HandlerError> {
 
 /// Compensation: reserved (payment declined, or refunded before we saw the
 /// confirmation) or sold (refund after confirmation) units go back to available.
-pub async fn release(order_id: &str, reason: &str, tx: &mut Tx) -> Result<(), HandlerError> {
-    let status = reservation_status(order_id, tx).await?;
-    let Some(lines) = transition(order_id, &[RESERVED, COMMITTED], RELEASED, tx).await? else { return Ok(()) };
-    let from = if status.as_deref() == Some(COMMITTED) { "sold" } else { "reserved" };
+///
+/// A release can overtake the reservation it undoes (payment.events is read
+/// beside order.events): then nothing was taken, and the tombstone this leaves
+/// makes the late OrderPlaced a no-op. A FAILED reservation took nothing and
+/// order-svc ends that order on StockReservationFailed, so nothing is emitted.
+pub async fn release(order_id: &str, reason: &str, refunded: bool, tx: &mut Tx) -> Result<(), HandlerError> {
+    let released = |lines| StockReleased { order_id: order_id.to_owned(), lines, reason: reason.to_owned(), refunded };
+    let tombstone = sqlx::query(
+        "INSERT INTO reservations (order_id, status, created_at, updated_at) VALUES ($1, $2, $3, $3)
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(RELEASED)
+    .bind(now_ms())
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    if tombstone == 1 {
+        tracing::info!(order_id, "released before it was reserved: nothing to hand back");
+        tx.emit(released(Vec::new()));
+        return Ok(());
+    }
+    let Some((prior, lines)) = transition(order_id, &[RESERVED, COMMITTED], RELEASED, tx).await? else {
+        return Ok(());
+    };
+    let from = if prior == COMMITTED { "sold" } else { "reserved" };
     for line in &lines {
         move_units(&line.sku, line.quantity, from, "available", tx).await?;
     }
-    tx.emit(StockReleased { order_id: order_id.to_owned(), lines, reason: reason.to_owned() });
+    tx.emit(released(lines));
     Ok(())
 }
 
-async fn reservation_status(order_id: &str, tx: &mut Tx) -> Result<Option<String>, HandlerError> {
-    Ok(sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(tx.conn())
-        .await?)
-}
-
-/// Moves a reservation from one of `from` to `to`, returning its lines, or
-/// `None` when it is in another state (a repeated or late event: nothing to do).
+/// Moves a reservation from one of `from` to `to`, returning the status it had
+/// and its lines, or `None` when it is in another state (a repeated or late
+/// event: nothing to do). The status returned is the one the update matched,
+/// so a concurrent transition (a confirmation committed meanwhile) can never be
+/// acted on as the state before it.
 async fn transition(
     order_id: &str,
     from: &[&str],
     to: &str,
     tx: &mut Tx,
-) -> Result<Option<Vec<OrderLine>>, HandlerError> {
-    let Some(status) = reservation_status(order_id, tx).await? else {
+) -> Result<Option<(String, Vec<OrderLine>)>, HandlerError> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(tx.conn())
+        .await?;
+    let Some(status) = status else {
         return Err(HandlerError::permanent(format!("no reservation for order {order_id}")));
     };
     if !from.contains(&status.as_str()) {
@@ -185,7 +215,7 @@ async fn transition(
         .iter()
         .map(|r| Ok(OrderLine { sku: r.try_get("sku")?, quantity: r.try_get("quantity")? }))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Some(lines))
+    Ok(Some((status, lines)))
 }
 
 /// Moves `quantity` units of `sku` between two of the stock columns; refuses to

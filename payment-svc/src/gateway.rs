@@ -3,7 +3,8 @@
 //! slow gateway cannot tie up more than a fixed number of calls.
 //!
 //! Calls carry an idempotency key (the order id, or `refund:<order id>`), so a call
-//! repeated after a crash or a timeout never moves money twice.
+//! repeated after a crash or a timeout never moves money twice, and a charge
+//! whose outcome is unknown can be looked up by its key ([`Gateway::find_charge`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,8 +53,29 @@ pub enum Outcome {
     /// the payment stays queued and is tried again later.
     Unavailable {
         reason: String,
+        /// The request may have reached the gateway and moved money: it timed
+        /// out, or got a 5xx other than 503 (which means the gateway took no
+        /// work), or an answer that could not be read. A refused connection or
+        /// an open breaker is not ambiguous: nothing was sent.
+        ambiguous: bool,
     },
 }
+
+/// What the gateway knows about a charge, by idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Charged {
+        id: String,
+    },
+    /// No charge under this key, or a declined one: no money moved.
+    NotCharged,
+    Unavailable {
+        reason: String,
+    },
+}
+
+/// How a lookup's 404 travels through [`Gateway::call`]: an answer, not a failure.
+const NOT_FOUND: &str = "no charge under this key";
 
 pub struct Gateway {
     base_url: String,
@@ -83,40 +105,64 @@ impl Gateway {
     }
 
     pub async fn charge(&self, request: &ChargeRequest) -> Outcome {
-        self.call("/v1/charges", request).await
+        self.post("/v1/charges", request).await
     }
 
     pub async fn refund(&self, request: &RefundRequest) -> Outcome {
-        self.call("/v1/refunds", request).await
+        self.post("/v1/refunds", request).await
     }
 
-    async fn call<T: Serialize>(&self, path: &str, body: &T) -> Outcome {
+    /// Looks a charge up by its idempotency key, to settle a call whose outcome
+    /// was unknown before the payment is compensated.
+    pub async fn find_charge(&self, idempotency_key: &str) -> Lookup {
+        let request =
+            self.http.get(format!("{}/v1/charges", self.base_url)).query(&[("idempotency_key", idempotency_key)]);
+        match self.call(request).await {
+            Outcome::Approved { id } => Lookup::Charged { id },
+            Outcome::Declined { .. } => Lookup::NotCharged,
+            Outcome::Unavailable { reason, .. } if reason == NOT_FOUND => Lookup::NotCharged,
+            Outcome::Unavailable { reason, .. } => Lookup::Unavailable { reason },
+        }
+    }
+
+    async fn post<T: Serialize>(&self, path: &str, body: &T) -> Outcome {
+        self.call(self.http.post(format!("{}{path}", self.base_url)).json(body)).await
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> Outcome {
         let Ok(permit) = self.breaker.try_acquire() else {
-            return Outcome::Unavailable { reason: "circuit breaker open".into() };
+            return Outcome::Unavailable { reason: "circuit breaker open".into(), ambiguous: false };
         };
-        let request = self.http.post(format!("{}{path}", self.base_url)).json(body).timeout(self.timeout).send();
-        let outcome = match request.await {
+        let outcome = match request.timeout(self.timeout).send().await {
             Ok(response) => {
                 let status = response.status();
                 match response.json::<GatewayReply>().await {
                     Ok(reply) if status.is_success() && reply.status == "approved" => match reply.id {
                         Some(id) => Outcome::Approved { id },
-                        None => Outcome::Unavailable { reason: "gateway approved without an id".into() },
+                        None => {
+                            Outcome::Unavailable { reason: "gateway approved without an id".into(), ambiguous: true }
+                        }
                     },
                     Ok(reply) if status.as_u16() == 402 || reply.status == "declined" => {
                         Outcome::Declined { reason: reply.reason.unwrap_or_else(|| "declined".into()) }
                     }
-                    Ok(_) | Err(_) => Outcome::Unavailable { reason: format!("gateway answered {status}") },
+                    _ if status.as_u16() == 404 => Outcome::Unavailable { reason: NOT_FOUND.into(), ambiguous: false },
+                    _ => Outcome::Unavailable {
+                        reason: format!("gateway answered {status}"),
+                        ambiguous: status != reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                    },
                 }
             }
             Err(error) if error.is_timeout() => {
-                Outcome::Unavailable { reason: format!("gateway timed out after {:?}", self.timeout) }
+                Outcome::Unavailable { reason: format!("gateway timed out after {:?}", self.timeout), ambiguous: true }
             }
-            Err(error) => Outcome::Unavailable { reason: format!("gateway unreachable: {error}") },
+            Err(error) => {
+                Outcome::Unavailable { reason: format!("gateway unreachable: {error}"), ambiguous: !error.is_connect() }
+            }
         };
         permit.record(match outcome {
-            Outcome::Unavailable { .. } => CallOutcome::Failure,
-            Outcome::Approved { .. } | Outcome::Declined { .. } => CallOutcome::Success,
+            Outcome::Unavailable { ref reason, .. } if reason != NOT_FOUND => CallOutcome::Failure,
+            _ => CallOutcome::Success,
         });
         outcome
     }

@@ -1,23 +1,27 @@
 //! payment-svc: charges and refunds through the payment gateway.
 //!
-//! On StockReserved it queues a charge; on OrderCancellationRequested, a refund
-//! (both in the consumer's transaction, so a queued payment is never lost). The
-//! [`queue`] worker talks to the gateway through a timeout, a circuit breaker and
-//! a bulkhead, and emits PaymentAuthorized, PaymentDeclined, PaymentDeferred or
-//! PaymentRefunded. The crate also ships the gateway [`simulator`].
+//! On StockReserved it queues a charge; on OrderCancellationRequested it stops
+//! a charge still queued, or queues a refund of one made (both in the consumer's
+//! transaction, so a queued payment is never lost). The [`queue`] worker talks
+//! to the gateway through a timeout, a circuit breaker and a bulkhead, and emits
+//! PaymentAuthorized, PaymentDeclined, PaymentDeferred, PaymentRefunded or
+//! PaymentRefundFailed. The crate also ships the gateway [`simulator`].
 
 pub mod gateway;
 pub mod queue;
 pub mod simulator;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::{topics, Envelope, Message, OrderCancellationRequested, StockReserved};
+use events::{topics, Envelope, Message, OrderCancellationRequested, PaymentDeclined, StockReserved};
 use platform::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use platform::db::now_ms;
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
 use tokio::sync::Notify;
+
+use crate::status::PaymentStatus;
 
 pub const SERVICE: &str = "payment-svc";
 
@@ -161,7 +165,7 @@ impl Handler for Payments {
     async fn handle(&self, event: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
         match &event.message {
             Message::StockReserved(reserved) => self.queue_charge(event, reserved, tx).await,
-            Message::OrderCancellationRequested(cancel) => self.queue_refund(cancel, tx).await,
+            Message::OrderCancellationRequested(cancel) => self.stop_or_refund(event, cancel, tx).await,
             _ => Ok(()),
         }
     }
@@ -178,7 +182,7 @@ impl Payments {
              ON CONFLICT (order_id) DO NOTHING",
         )
         .bind(&reserved.order_id)
-        .bind(queue::PENDING)
+        .bind(PaymentStatus::Pending.as_str())
         .bind(reserved.total_minor)
         .bind(&reserved.payment_token)
         .bind(now)
@@ -190,32 +194,77 @@ impl Payments {
         Ok(())
     }
 
-    async fn queue_refund(&self, cancel: &OrderCancellationRequested, tx: &mut Tx) -> Result<(), HandlerError> {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
-            .bind(&cancel.order_id)
-            .fetch_optional(tx.conn())
-            .await?;
-        match status.as_deref() {
-            Some(queue::AUTHORIZED) => {
-                sqlx::query(
-                    "UPDATE payments SET status = $2, next_attempt_at = $3, updated_at = $3
-                     WHERE order_id = $1 AND status = $4",
-                )
+    /// The order is being cancelled. A charge still queued is stopped (the
+    /// worker settles it: if a call in flight or an ambiguous earlier one did
+    /// charge, it is refunded); a charge made is refunded; a cancellation that
+    /// overtook StockReserved leaves a tombstone so the charge is never queued,
+    /// and declines at once so inventory releases the stock.
+    async fn stop_or_refund(
+        &self,
+        event: &Envelope,
+        cancel: &OrderCancellationRequested,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        use PaymentStatus as S;
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, stop_reason FROM payments WHERE order_id = $1")
                 .bind(&cancel.order_id)
-                .bind(queue::REFUND_PENDING)
-                .bind(now_ms())
-                .bind(queue::AUTHORIZED)
-                .execute(tx.conn())
+                .fetch_optional(tx.conn())
                 .await?;
-                tx.wake_after_commit(self.wake.clone());
-                Ok(())
-            }
-            Some(queue::REFUND_PENDING | queue::REFUNDED) => Ok(()),
-            Some(other) => Err(HandlerError::permanent(format!(
-                "refund requested for order {} whose payment is {other}",
-                cancel.order_id
-            ))),
-            None => Err(HandlerError::permanent(format!("refund requested for unknown payment {}", cancel.order_id))),
+        let now = now_ms();
+        let Some((status, stop_reason)) = row else {
+            let reason = format!("cancelled before payment: {}", cancel.reason);
+            sqlx::query(
+                "INSERT INTO payments (order_id, status, amount_minor, payment_token, attempts, next_attempt_at,
+                                       deadline_at, cause_event_id, created_at, updated_at, reason, stop_reason)
+                 VALUES ($1, $2, 0, '', 0, $3, $3, $4, $3, $3, $5, $5)",
+            )
+            .bind(&cancel.order_id)
+            .bind(S::Cancelled.as_str())
+            .bind(now)
+            .bind(event.event_id.to_string())
+            .bind(&reason)
+            .execute(tx.conn())
+            .await?;
+            tx.emit(PaymentDeclined { order_id: cancel.order_id.clone(), reason });
+            return Ok(());
+        };
+        let status = S::parse(&status).ok_or_else(|| {
+            HandlerError::permanent(format!("payment of order {} has unknown status {status}", cancel.order_id))
+        })?;
+        let updated = match status {
+            // Already being stopped (the saga deadline, say, then the customer).
+            S::Pending | S::Deferred if stop_reason.is_some() => return Ok(()),
+            S::Pending | S::Deferred => sqlx::query(
+                "UPDATE payments SET stop_reason = $3, next_attempt_at = $4, updated_at = $4
+                 WHERE order_id = $1 AND status = $2 AND stop_reason IS NULL",
+            )
+            .bind(&cancel.order_id)
+            .bind(status.as_str())
+            .bind(&cancel.reason)
+            .bind(now)
+            .execute(tx.conn())
+            .await?
+            .rows_affected(),
+            S::Authorized => sqlx::query(
+                "UPDATE payments SET status = $3, next_attempt_at = $4, updated_at = $4
+                 WHERE order_id = $1 AND status = $2",
+            )
+            .bind(&cancel.order_id)
+            .bind(status.as_str())
+            .bind(S::RefundPending.as_str())
+            .bind(now)
+            .execute(tx.conn())
+            .await?
+            .rows_affected(),
+            // Declined or cancelled: no money moved. Refunding or refunded: under way.
+            S::Declined | S::Cancelled | S::RefundPending | S::Refunded | S::RefundRefused => return Ok(()),
+        };
+        if updated == 0 {
+            // The worker recorded an outcome since we read the row: look again.
+            return Err(HandlerError::transient(format!("payment of order {} changed concurrently", cancel.order_id)));
         }
+        tx.wake_after_commit(self.wake.clone());
+        Ok(())
     }
 }

@@ -2,9 +2,15 @@
 //! the consumer in the transaction that applied the triggering event, and worked
 //! off by [`run`]. This is also the durable fallback queue: a payment the gateway
 //! could not take (breaker open, timeout, 5xx) stays DEFERRED with a next attempt
-//! time and is retried with back-off until its deadline, after which it is
-//! declined so the saga compensates. Refunds have no deadline: money owed back is
-//! retried until the gateway takes it.
+//! time and is retried with back-off until its deadline. Refunds have no
+//! deadline: money owed back is retried until the gateway takes it.
+//!
+//! A charge is compensated (PaymentDeclined, so the stock is released) when its
+//! deadline passes or the order was cancelled while it was queued. If an earlier
+//! call may have charged (it timed out, or got a 5xx), the charge is first looked
+//! up by its idempotency key: charged means refunded, never kept. A cancellation
+//! and a charge in flight race on the row: the charge is recorded only if no stop
+//! was requested meanwhile, and otherwise refunded.
 //!
 //! Because the queue is a table, it survives restarts; because calls carry an
 //! idempotency key, a call repeated after a crash moves no money twice.
@@ -13,7 +19,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use events::{Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentDeferred, PaymentRefunded};
+use events::{
+    Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentDeferred, PaymentRefundFailed, PaymentRefunded,
+};
 use platform::db::now_ms;
 use platform::{Db, Tx};
 use sqlx::Row;
@@ -21,15 +29,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::{ChargeRequest, Gateway, Outcome, RefundRequest};
+use crate::gateway::{ChargeRequest, Gateway, Lookup, Outcome, RefundRequest};
+use crate::status::{PaymentStatus, QUEUED_SQL};
 use crate::SERVICE;
-
-pub const PENDING: &str = "PENDING";
-pub const DEFERRED: &str = "DEFERRED";
-pub const AUTHORIZED: &str = "AUTHORIZED";
-pub const DECLINED: &str = "DECLINED";
-pub const REFUND_PENDING: &str = "REFUND_PENDING";
-pub const REFUNDED: &str = "REFUNDED";
 
 /// How the worker paces retries of deferred payments.
 #[derive(Debug, Clone, Copy)]
@@ -42,43 +44,71 @@ pub struct QueueSettings {
 #[derive(Debug, Clone)]
 struct Job {
     order_id: String,
-    status: String,
+    status: PaymentStatus,
     amount_minor: i64,
     payment_token: String,
     charge_id: Option<String>,
     attempts: i64,
     deadline_at: i64,
     cause_event_id: String,
+    ambiguous: bool,
+    stop_reason: Option<String>,
 }
 
-impl Job {
-    fn is_refund(&self) -> bool {
-        self.status == REFUND_PENDING
-    }
+/// What one turn of a job came to, to be recorded.
+#[derive(Debug)]
+enum Step {
+    Authorized {
+        charge_id: String,
+    },
+    Declined {
+        reason: String,
+    },
+    /// No money moved and none will: a cancellation (CANCELLED) or the deadline (DECLINED).
+    Stopped {
+        status: PaymentStatus,
+        reason: String,
+    },
+    /// A stop was requested, but the charge had gone through: refund it.
+    RefundCharge {
+        charge_id: String,
+    },
+    Refunded {
+        refund_id: String,
+    },
+    RefundRefused {
+        reason: String,
+    },
+    /// The gateway gave no usable answer: try again after a back-off.
+    Retry {
+        reason: String,
+        ambiguous: bool,
+    },
 }
 
 async fn due_jobs(db: &Db, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT order_id, status, amount_minor, payment_token, charge_id, attempts, deadline_at, cause_event_id
-         FROM payments
-         WHERE status IN ('PENDING', 'DEFERRED', 'REFUND_PENDING') AND next_attempt_at <= $1
-         ORDER BY next_attempt_at LIMIT $2",
-    )
-    .bind(now_ms())
-    .bind(limit)
-    .fetch_all(db.pool())
-    .await?;
+    let sql = format!(
+        "SELECT order_id, status, amount_minor, payment_token, charge_id, attempts, deadline_at, cause_event_id,
+                ambiguous, stop_reason
+         FROM payments WHERE status IN {QUEUED_SQL} AND next_attempt_at <= $1
+         ORDER BY next_attempt_at LIMIT $2"
+    );
+    let rows = sqlx::query(&sql).bind(now_ms()).bind(limit).fetch_all(db.pool()).await?;
     rows.iter()
         .map(|r| {
+            let status: String = r.try_get("status")?;
             Ok(Job {
                 order_id: r.try_get("order_id")?,
-                status: r.try_get("status")?,
+                status: PaymentStatus::parse(&status)
+                    .ok_or_else(|| sqlx::Error::Decode(format!("unknown payment status {status}").into()))?,
                 amount_minor: r.try_get("amount_minor")?,
                 payment_token: r.try_get("payment_token")?,
                 charge_id: r.try_get("charge_id")?,
                 attempts: r.try_get("attempts")?,
                 deadline_at: r.try_get("deadline_at")?,
                 cause_event_id: r.try_get("cause_event_id")?,
+                ambiguous: r.try_get::<i64, _>("ambiguous")? != 0,
+                stop_reason: r.try_get("stop_reason")?,
             })
         })
         .collect()
@@ -86,7 +116,7 @@ async fn due_jobs(db: &Db, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
 
 /// Rows waiting for the gateway (the fallback queue's depth).
 pub async fn depth(db: &Db) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM payments WHERE status IN ('PENDING', 'DEFERRED', 'REFUND_PENDING')")
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM payments WHERE status IN {QUEUED_SQL}"))
         .fetch_one(db.pool())
         .await
 }
@@ -118,12 +148,17 @@ pub async fn run(
                             lock(&in_flight).remove(&job.order_id);
                             break;
                         };
-                        let (db, gateway, relay, in_flight) =
-                            (db.clone(), gateway.clone(), relay.clone(), in_flight.clone());
+                        let (db, gateway, relay, wake, in_flight) =
+                            (db.clone(), gateway.clone(), relay.clone(), wake.clone(), in_flight.clone());
                         calls.spawn(async move {
-                            attempt(&db, &gateway, &relay, &job, settings).await;
+                            let step = turn(&gateway, &job).await;
+                            tracing::info!(order_id = %job.order_id, status = %job.status, ?step, "payment step");
+                            record_with_retries(&db, &relay, &job, step, gateway.breaker().retry_after(), settings)
+                                .await;
                             lock(&in_flight).remove(&job.order_id);
                             drop(permit);
+                            // A step may leave the job due at once (a refund to make).
+                            wake.notify_one();
                         });
                     }
                 }
@@ -151,29 +186,65 @@ fn in_flight_len(set: &Mutex<HashSet<String>>) -> usize {
     lock(set).len()
 }
 
-async fn attempt(db: &Db, gateway: &Gateway, relay: &Notify, job: &Job, settings: QueueSettings) {
-    let outcome = if job.is_refund() {
-        let charge_id = job.charge_id.clone().unwrap_or_default();
+/// One turn of a job: a refund, a charge, or, for a charge that is to be
+/// stopped (cancelled, or past its deadline), settling whether money moved.
+async fn turn(gateway: &Gateway, job: &Job) -> Step {
+    if job.status == PaymentStatus::RefundPending {
         let request = RefundRequest {
             idempotency_key: format!("refund:{}", job.order_id),
-            charge_id,
+            charge_id: job.charge_id.clone().unwrap_or_default(),
             amount_minor: job.amount_minor,
         };
-        gateway.refund(&request).await
-    } else {
-        let request = ChargeRequest {
-            idempotency_key: job.order_id.clone(),
-            amount_minor: job.amount_minor,
-            payment_token: job.payment_token.clone(),
+        return match gateway.refund(&request).await {
+            Outcome::Approved { id } => Step::Refunded { refund_id: id },
+            Outcome::Declined { reason } => Step::RefundRefused { reason },
+            Outcome::Unavailable { reason, ambiguous } => Step::Retry { reason, ambiguous },
         };
-        gateway.charge(&request).await
+    }
+    let stop = match &job.stop_reason {
+        Some(reason) => Some((PaymentStatus::Cancelled, reason.clone())),
+        None if now_ms() >= job.deadline_at => {
+            Some((PaymentStatus::Declined, "payment not through by its deadline".to_owned()))
+        }
+        None => None,
     };
-    tracing::info!(order_id = %job.order_id, refund = job.is_refund(), ?outcome, "gateway call");
-    let retry_after = gateway.breaker().retry_after();
+    if let Some((status, reason)) = stop {
+        if !job.ambiguous {
+            return Step::Stopped { status, reason };
+        }
+        return match gateway.find_charge(&job.order_id).await {
+            Lookup::Charged { id } => Step::RefundCharge { charge_id: id },
+            Lookup::NotCharged => Step::Stopped { status, reason },
+            // Still unknown: the payment cannot be compensated until it is known.
+            Lookup::Unavailable { reason } => {
+                Step::Retry { reason: format!("settling the charge: {reason}"), ambiguous: true }
+            }
+        };
+    }
+    let request = ChargeRequest {
+        idempotency_key: job.order_id.clone(),
+        amount_minor: job.amount_minor,
+        payment_token: job.payment_token.clone(),
+    };
+    match gateway.charge(&request).await {
+        Outcome::Approved { id } => Step::Authorized { charge_id: id },
+        Outcome::Declined { reason } => Step::Declined { reason },
+        Outcome::Unavailable { reason, ambiguous } => Step::Retry { reason, ambiguous },
+    }
+}
+
+async fn record_with_retries(
+    db: &Db,
+    relay: &Notify,
+    job: &Job,
+    step: Step,
+    retry_after: Duration,
+    settings: QueueSettings,
+) {
     // A failure to record is retried by the next poll: the row is still due, and
     // the idempotency key makes the repeated call harmless.
     let mut tries = 0;
-    while let Err(error) = record(db, relay, job, &outcome, retry_after, settings).await {
+    while let Err(error) = record(db, relay, job, &step, retry_after, settings).await {
         tries += 1;
         tracing::warn!(order_id = %job.order_id, %error, tries, "recording payment outcome");
         if tries >= 5 {
@@ -183,105 +254,120 @@ async fn attempt(db: &Db, gateway: &Gateway, relay: &Notify, job: &Job, settings
     }
 }
 
-/// Applies a gateway outcome to the row and emits the matching event, in one
-/// transaction; the status guard makes a stale or repeated outcome a no-op.
+/// Applies a step to the row and emits the matching event, in one transaction.
+/// Every update is guarded by the status the job was read in, so a stale or
+/// repeated step is a no-op; a charge is recorded only if no stop was requested
+/// since, and otherwise becomes a refund.
 async fn record(
     db: &Db,
     relay: &Notify,
     job: &Job,
-    outcome: &Outcome,
+    step: &Step,
     retry_after: Duration,
     settings: QueueSettings,
 ) -> Result<(), sqlx::Error> {
+    use PaymentStatus as S;
     let mut tx = Tx::begin(db, SERVICE).await?;
     let now = now_ms();
-    let (status, message): (&str, Option<Message>) = match (outcome, job.is_refund()) {
-        (Outcome::Approved { id }, false) => {
-            set_field(&mut tx, job, "charge_id", id).await?;
-            let paid = PaymentAuthorized {
-                order_id: job.order_id.clone(),
-                charge_id: id.clone(),
-                amount_minor: job.amount_minor,
-            };
-            (AUTHORIZED, Some(paid.into()))
-        }
-        (Outcome::Approved { id }, true) => {
-            set_field(&mut tx, job, "refund_id", id).await?;
-            let refunded = PaymentRefunded {
-                order_id: job.order_id.clone(),
-                charge_id: job.charge_id.clone().unwrap_or_default(),
-                refund_id: id.clone(),
-                amount_minor: job.amount_minor,
-            };
-            (REFUNDED, Some(refunded.into()))
-        }
-        (Outcome::Declined { reason }, false) => {
-            set_field(&mut tx, job, "reason", reason).await?;
-            (DECLINED, Some(PaymentDeclined { order_id: job.order_id.clone(), reason: reason.clone() }.into()))
-        }
-        (Outcome::Declined { reason }, true) => {
-            // The gateway refuses the refund: nothing automatic can fix that.
-            tracing::error!(order_id = %job.order_id, %reason, "refund refused by the gateway; needs a human");
-            set_field(&mut tx, job, "reason", reason).await?;
-            ("REFUND_REFUSED", None)
-        }
-        (Outcome::Unavailable { reason }, refund) => {
-            if !refund && now >= job.deadline_at {
-                let reason = format!("payment not through by its deadline ({reason})");
-                set_field(&mut tx, job, "reason", &reason).await?;
-                (DECLINED, Some(PaymentDeclined { order_id: job.order_id.clone(), reason }.into()))
-            } else {
-                let delay = backoff(job.attempts, settings).max(retry_after);
-                let next = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-                let updated = sqlx::query(
-                    "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $3, reason = $4,
-                            status = CASE WHEN status = $5 THEN $6 ELSE status END, updated_at = $7
-                     WHERE order_id = $1 AND status = $2",
-                )
-                .bind(&job.order_id)
-                .bind(&job.status)
-                .bind(next)
-                .bind(reason)
-                .bind(PENDING)
-                .bind(DEFERRED)
-                .bind(now)
-                .execute(tx.conn())
-                .await?
-                .rows_affected();
-                if updated == 1 && job.status == PENDING {
-                    let deferred = PaymentDeferred {
-                        order_id: job.order_id.clone(),
-                        reason: reason.clone(),
-                        deadline_ms: job.deadline_at,
-                    };
-                    emit(&mut tx, job, deferred.into());
-                }
-                return tx.commit(relay).await;
+    let order_id = job.order_id.clone();
+    match step {
+        Step::Authorized { charge_id } => {
+            let authorized =
+                set(&mut tx, job, S::Authorized, "charge_id", charge_id, "AND stop_reason IS NULL").await?;
+            if authorized {
+                let paid = PaymentAuthorized { order_id, charge_id: charge_id.clone(), amount_minor: job.amount_minor };
+                emit(&mut tx, job, paid.into());
+            } else if set(&mut tx, job, S::RefundPending, "charge_id", charge_id, "").await? {
+                tracing::info!(%order_id, "cancelled while the charge was in flight: refunding it");
             }
         }
-    };
-    let updated = sqlx::query(
-        "UPDATE payments SET status = $3, attempts = attempts + 1, updated_at = $4 WHERE order_id = $1 AND status = $2",
-    )
-    .bind(&job.order_id)
-    .bind(&job.status)
-    .bind(status)
-    .bind(now)
-    .execute(tx.conn())
-    .await?
-    .rows_affected();
-    if updated == 1 {
-        if let Some(message) = message {
-            emit(&mut tx, job, message);
+        Step::RefundCharge { charge_id } => {
+            if set(&mut tx, job, S::RefundPending, "charge_id", charge_id, "").await? {
+                tracing::warn!(%order_id, %charge_id, "a call that looked failed had charged: refunding it");
+            }
+        }
+        Step::Declined { reason } => {
+            if set(&mut tx, job, S::Declined, "reason", reason, "").await? {
+                emit(&mut tx, job, PaymentDeclined { order_id, reason: reason.clone() }.into());
+            }
+        }
+        Step::Stopped { status, reason } => {
+            if set(&mut tx, job, *status, "reason", reason, "").await? {
+                emit(&mut tx, job, PaymentDeclined { order_id, reason: reason.clone() }.into());
+            }
+        }
+        Step::Refunded { refund_id } => {
+            if set(&mut tx, job, S::Refunded, "refund_id", refund_id, "").await? {
+                let refunded = PaymentRefunded {
+                    order_id,
+                    charge_id: job.charge_id.clone().unwrap_or_default(),
+                    refund_id: refund_id.clone(),
+                    amount_minor: job.amount_minor,
+                };
+                emit(&mut tx, job, refunded.into());
+            }
+        }
+        Step::RefundRefused { reason } => {
+            if set(&mut tx, job, S::RefundRefused, "reason", reason, "").await? {
+                tracing::error!(%order_id, %reason, "refund refused by the gateway; needs a human");
+                let charge_id = job.charge_id.clone().unwrap_or_default();
+                emit(&mut tx, job, PaymentRefundFailed { order_id, charge_id, reason: reason.clone() }.into());
+            }
+        }
+        Step::Retry { reason, ambiguous } => {
+            let delay = backoff(job.attempts, settings).max(retry_after);
+            let next = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+            let status = if job.status == S::Pending { S::Deferred } else { job.status };
+            // A stop requested meanwhile is acted on at once, not after the back-off.
+            let updated = sqlx::query(
+                "UPDATE payments SET attempts = attempts + 1, reason = $3, status = $4, updated_at = $5,
+                        ambiguous = CASE WHEN $6 = 1 THEN 1 ELSE ambiguous END,
+                        next_attempt_at = CASE WHEN stop_reason IS NULL THEN $7 ELSE $5 END
+                 WHERE order_id = $1 AND status = $2",
+            )
+            .bind(&job.order_id)
+            .bind(job.status.as_str())
+            .bind(reason)
+            .bind(status.as_str())
+            .bind(now)
+            .bind(i64::from(*ambiguous))
+            .bind(next)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            if updated == 1 && job.status == S::Pending {
+                let deferred = PaymentDeferred { order_id, reason: reason.clone(), deadline_ms: job.deadline_at };
+                emit(&mut tx, job, deferred.into());
+            }
         }
     }
     tx.commit(relay).await
 }
 
-async fn set_field(tx: &mut Tx, job: &Job, column: &str, value: &str) -> Result<(), sqlx::Error> {
-    let sql = format!("UPDATE payments SET {column} = $2 WHERE order_id = $1 AND status = $3");
-    sqlx::query(&sql).bind(&job.order_id).bind(value).bind(&job.status).execute(tx.conn()).await?;
-    Ok(())
+/// Moves the job's row from the status it was read in to `to`, setting one
+/// more column; `extra` adds to the guard. Whether the row was still there to move.
+async fn set(
+    tx: &mut Tx,
+    job: &Job,
+    to: PaymentStatus,
+    column: &str,
+    value: &str,
+    extra: &str,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "UPDATE payments SET status = $3, {column} = $4, attempts = attempts + 1, next_attempt_at = $5, updated_at = $5
+         WHERE order_id = $1 AND status = $2 {extra}"
+    );
+    let updated = sqlx::query(&sql)
+        .bind(&job.order_id)
+        .bind(job.status.as_str())
+        .bind(to.as_str())
+        .bind(value)
+        .bind(now_ms())
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+    Ok(updated == 1)
 }
 
 /// Events from the worker continue the saga of the event that queued the job.

@@ -2,8 +2,12 @@
 //! payment provider. It is a real HTTP server with the API [`crate::gateway`]
 //! speaks, idempotent by key, and it can be switched at run time:
 //!
-//! - `PUT /control` with `{"mode": "healthy" | "outage" | "slow", "latency_ms": N}`;
-//!   outage answers 503, slow sleeps `latency_ms` before answering.
+//! - `PUT /control` with `{"mode": "healthy" | "outage" | "slow" | "failing", "latency_ms": N}`;
+//!   outage answers 503 and does nothing; slow does the work and answers after
+//!   `latency_ms`; failing does the work and answers 500. Slow and failing are
+//!   the ambiguous cases: money moved, and the caller cannot tell.
+//! - `GET /v1/charges?idempotency_key=K`: the charge made under K (404 if none),
+//!   how a caller settles an ambiguous call.
 //! - `GET /ledger`: every charge and refund, with how many calls each key got.
 //!
 //! Declines: tokens starting with `tok_decline` ("card declined"), and amounts
@@ -13,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -29,6 +33,7 @@ pub enum Mode {
     Healthy,
     Outage,
     Slow,
+    Failing,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,7 +81,7 @@ pub async fn serve(listener: TcpListener, decline_over_minor: i64, shutdown: Can
         next_id: 1,
     }));
     let app = Router::new()
-        .route("/v1/charges", post(charge))
+        .route("/v1/charges", post(charge).get(find_charge))
         .route("/v1/refunds", post(refund))
         .route("/control", put(set_control).get(get_control))
         .route("/ledger", get(ledger))
@@ -100,10 +105,37 @@ async fn behave(
         );
     }
     let answer = work(&mut lock(sim));
-    if control.mode == Mode::Slow {
-        tokio::time::sleep(Duration::from_millis(control.latency_ms)).await;
+    match control.mode {
+        Mode::Slow => tokio::time::sleep(Duration::from_millis(control.latency_ms)).await,
+        Mode::Failing => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(GatewayReply { status: "error".into(), id: None, reason: Some("simulated failure".into()) }),
+            )
+        }
+        Mode::Healthy | Mode::Outage => {}
     }
     answer
+}
+
+#[derive(Debug, Deserialize)]
+struct ChargeKey {
+    idempotency_key: String,
+}
+
+async fn find_charge(State(sim): State<Shared>, Query(key): Query<ChargeKey>) -> (StatusCode, Json<GatewayReply>) {
+    behave(&sim, |sim| match sim.ledger.charges.get(&key.idempotency_key) {
+        Some(entry) => reply(entry),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(GatewayReply {
+                status: "not_found".into(),
+                id: None,
+                reason: Some("no charge under this key".into()),
+            }),
+        ),
+    })
+    .await
 }
 
 fn reply(entry: &LedgerEntry) -> (StatusCode, Json<GatewayReply>) {

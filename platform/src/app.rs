@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, ConsumerSettings, Handler, RetryPolicy};
 use crate::http::{self, ScrapeHook};
-use crate::{kafka, outbox, Db, Error, PlatformConfig};
+use crate::{kafka, outbox, retention, Db, Error, PlatformConfig};
 
 type Task = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 type TaskFactory = Box<dyn FnOnce(CancellationToken) -> Task + Send>;
@@ -44,6 +44,7 @@ impl App {
     /// Connects to the database (migrating it) and the broker (creating missing
     /// topics, including this service's dead-letter topic).
     pub async fn build(service: &'static str, config: PlatformConfig, migrations: &Migrator) -> Result<App, Error> {
+        config.validate().map_err(Error::Config)?;
         let url = config.database_url_for(service);
         let db = Db::connect(&url, config.database_max_connections, config.database_busy_timeout).await?;
         db.migrate(migrations).await?;
@@ -61,7 +62,8 @@ impl App {
             service, database = %redact(&url), brokers = %config.brokers,
             http = %http.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "built"
         );
-        Ok(App {
+        let (pruner_db, retention) = (db.clone(), retention::Retention::of(&config));
+        let app = App {
             service,
             config,
             db,
@@ -71,7 +73,9 @@ impl App {
             consumers: Vec::new(),
             http,
             scrape_hooks: Vec::new(),
-        })
+        };
+        // Every service prunes its inbox and outbox; stopped with the workers.
+        Ok(app.spawn("pruner", move |stop| retention::run(service, pruner_db, retention, stop)))
     }
 
     /// Where /healthz, /readyz and /metrics are served.
@@ -121,6 +125,7 @@ impl App {
             stall_after: config.consumer_stall_after,
             fetch_wait_max: config.kafka_fetch_wait_max,
             session_timeout: config.kafka_session_timeout,
+            projection_wait: config.projection_wait,
             health: consumer::Health::default(),
         };
         self.consumers.push(settings.health.clone());

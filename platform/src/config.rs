@@ -79,6 +79,23 @@ pub struct PlatformConfig {
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub outbox_poll_interval: Duration,
 
+    /// How long a published outbox row is kept (for inspection) before the
+    /// pruner deletes it. A row not yet published is never deleted.
+    #[arg(long, env = "OUTBOX_RETENTION", default_value = "1d", value_parser = humantime::parse_duration)]
+    pub outbox_retention: Duration,
+
+    /// How long the inbox remembers the id of an applied event, so that its
+    /// redelivery is a no-op. Keep it at least the retention of the topics the
+    /// service reads, dead-letter topics included (Kafka's default, 7 days):
+    /// a record older than that is gone from the broker and cannot come back.
+    #[arg(long, env = "INBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub inbox_retention: Duration,
+
+    /// How often the pruner deletes outbox rows and inbox ids past their
+    /// retention (OUTBOX_RETENTION, INBOX_RETENTION).
+    #[arg(long, env = "PRUNE_INTERVAL", default_value = "1m", value_parser = nonzero_duration)]
+    pub prune_interval: Duration,
+
     /// SQLite only: how long a statement waits for the write lock before failing
     /// as busy (a transient error, retried).
     #[arg(long, env = "DATABASE_BUSY_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -96,6 +113,13 @@ pub struct PlatformConfig {
     /// at this interval, so after 1-2 of them).
     #[arg(long, env = "CONSUMER_STALL_AFTER", default_value = "45s", value_parser = humantime::parse_duration)]
     pub consumer_stall_after: Duration,
+
+    /// How long an event that refers to something not yet known here (a user,
+    /// a SKU or an order that travels on another topic) is retried for that fact
+    /// to arrive, before it is rejected or recorded with a clear reason. Must
+    /// stay below what the transient retries allow (RETRY_*): checked at start.
+    #[arg(long, env = "PROJECTION_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub projection_wait: Duration,
 
     /// Database connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
@@ -120,6 +144,32 @@ impl PlatformConfig {
         config
     }
 
+    /// The shortest time the transient retries of one record can take, from
+    /// the RETRY_* settings (back-off without jitter, which only adds).
+    pub fn shortest_retry_window(&self) -> Duration {
+        let mut delay = self.retry_min_delay;
+        let mut total = Duration::ZERO;
+        for _ in 1..self.retry_max_attempts {
+            total += delay.min(self.retry_max_delay);
+            delay = delay.saturating_mul(2);
+        }
+        total.min(self.retry_max_elapsed)
+    }
+
+    /// Settings that contradict each other, named.
+    pub fn validate(&self) -> Result<(), String> {
+        let window = self.shortest_retry_window();
+        if self.projection_wait >= window {
+            return Err(format!(
+                "PROJECTION_WAIT ({:?}) must be shorter than the transient retries allow ({window:?} from \
+                 RETRY_MAX_ATTEMPTS, RETRY_MIN_DELAY, RETRY_MAX_DELAY and RETRY_MAX_ELAPSED), or records waiting \
+                 for a projection are dead-lettered instead of rejected",
+                self.projection_wait
+            ));
+        }
+        Ok(())
+    }
+
     pub fn database_url_for(&self, service: &str) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
@@ -129,5 +179,32 @@ impl PlatformConfig {
 
     pub fn group_id_for(&self, service: &str) -> String {
         self.group_id.clone().unwrap_or_else(|| service.to_owned())
+    }
+}
+
+/// A humantime duration longer than zero, for periods of background tasks.
+fn nonzero_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than zero".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_projection_wait_must_fit_in_the_retries() {
+        let mut config = PlatformConfig::local("127.0.0.1:9092");
+        // 50 ms doubling over 7 retries, capped at 5 s: 6.35 s.
+        assert_eq!(config.shortest_retry_window(), Duration::from_millis(6350));
+        assert!(config.validate().is_ok());
+        config.projection_wait = Duration::from_secs(7);
+        let error = config.validate().expect_err("longer than the retries");
+        assert!(error.starts_with("PROJECTION_WAIT (7s) must be shorter"), "{error}");
+        config.retry_max_attempts = 20;
+        assert!(config.validate().is_ok(), "more attempts make room");
     }
 }

@@ -97,6 +97,8 @@ pub struct ConsumerSettings {
     pub fetch_wait_max: Duration,
     /// See `PlatformConfig::kafka_session_timeout`.
     pub session_timeout: Duration,
+    /// See `PlatformConfig::projection_wait`.
+    pub projection_wait: Duration,
     /// Where the loop says it is stalled, for /readyz.
     pub health: Health,
 }

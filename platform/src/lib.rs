@@ -14,6 +14,7 @@ mod error;
 pub mod http;
 pub mod kafka;
 pub mod outbox;
+pub mod retention;
 pub mod telemetry;
 
 pub use app::App;

@@ -2,8 +2,10 @@
 //! emit events: they are written to the `outbox` table in the same transaction as
 //! the state change, so there is no state change without its event and no event
 //! without its state change. The [`relay`] publishes committed rows with the
-//! idempotent producer and marks them sent once the broker acknowledged them.
+//! idempotent producer, in commit order (the `seq` column, see `next_seq`), and
+//! marks them sent once the broker acknowledged them (see `rows_to_mark`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +27,9 @@ const BATCH: i64 = 500;
 pub struct Tx {
     tx: sqlx::Transaction<'static, Any>,
     producer: &'static str,
+    sqlite: bool,
     cause: Option<(Envelope, Option<String>)>,
+    projection_wait: Duration,
     pending: Vec<(Envelope, HeaderList)>,
     wake_after_commit: Vec<Arc<Notify>>,
 }
@@ -35,9 +39,11 @@ impl Tx {
         Ok(Tx {
             tx: db.writer().begin().await?,
             producer,
+            sqlite: db.is_sqlite(),
             cause: None,
             pending: Vec::new(),
             wake_after_commit: Vec::new(),
+            projection_wait: Duration::ZERO,
         })
     }
 
@@ -46,6 +52,29 @@ impl Tx {
     pub(crate) fn caused_by(mut self, cause: &Envelope, trace_id: Option<&str>) -> Tx {
         self.cause = Some((cause.clone(), trace_id.map(str::to_owned)));
         self
+    }
+
+    /// See [`Tx::wait_for_projection`].
+    pub(crate) fn projections_awaited_for(mut self, wait: Duration) -> Tx {
+        self.projection_wait = wait;
+        self
+    }
+
+    /// The one policy for an event that refers to something this service has not
+    /// heard of yet (a user, a SKU, an order: facts that travel on other topics and
+    /// may arrive later): while the event is younger than `PROJECTION_WAIT`, a
+    /// transient error, so the record is retried and the fact can catch up; after
+    /// that `Ok(())`, and the caller rejects (or records) the event with a clear
+    /// reason. A partition therefore waits at most that long for what never comes.
+    pub fn wait_for_projection(&self, missing: &str) -> Result<(), crate::HandlerError> {
+        let age_ms = self.cause.as_ref().and_then(|(cause, _)| cause.occurred_at_ms()).map(|at| now_ms() - at);
+        let wait_ms = i64::try_from(self.projection_wait.as_millis()).unwrap_or(i64::MAX);
+        match age_ms {
+            Some(age) if age < wait_ms => {
+                Err(crate::HandlerError::transient(format!("{missing} not known yet (waiting up to {wait_ms} ms)")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The connection, for the handler's own statements.
@@ -84,22 +113,24 @@ impl Tx {
     /// Writes the outbox rows, commits, and wakes the relay.
     pub async fn commit(mut self, relay: &Notify) -> Result<(), sqlx::Error> {
         let now = now_ms();
+        let insert = format!(
+            "INSERT INTO outbox (seq, event_id, topic, message_key, event_type, envelope, headers, created_at)
+             VALUES ({}, $1, $2, $3, $4, $5, $6, $7)",
+            next_seq(self.sqlite)
+        );
         for (envelope, headers) in &self.pending {
             let headers = serde_json::to_string(headers).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
             let json = String::from_utf8(envelope.to_json()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-            sqlx::query(
-                "INSERT INTO outbox (event_id, topic, message_key, event_type, envelope, headers, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(envelope.event_id.to_string())
-            .bind(envelope.topic())
-            .bind(envelope.key().to_owned())
-            .bind(envelope.event_type())
-            .bind(json)
-            .bind(headers)
-            .bind(now)
-            .execute(&mut *self.tx)
-            .await?;
+            sqlx::query(&insert)
+                .bind(envelope.event_id.to_string())
+                .bind(envelope.topic())
+                .bind(envelope.key().to_owned())
+                .bind(envelope.event_type())
+                .bind(json)
+                .bind(headers)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await?;
         }
         let emitted = !self.pending.is_empty();
         self.tx.commit().await?;
@@ -113,6 +144,31 @@ impl Tx {
     }
 }
 
+/// The SQL expression that numbers a new outbox row; the relay sends rows in
+/// this order, and it is commit order wherever order is promised.
+///
+/// SQLite runs one write transaction at a time and this is read inside it: one
+/// past the highest number is commit order, for every row.
+///
+/// PostgreSQL takes the column's sequence. Numbers are drawn at insert, and two
+/// transactions may commit the other way round; but order is only promised per
+/// key, i.e. per aggregate (an order, a SKU, a user), and a transaction that
+/// emits an aggregate's event has first written that aggregate's row (an insert,
+/// an update, a compare-and-set it won) and holds the row's lock until it
+/// commits, while its outbox rows are inserted last, in [`Tx::commit`]. So the
+/// next transaction on that aggregate draws its numbers only after the previous
+/// one committed: per key, seq order is commit order, and no row becomes visible
+/// after a higher-numbered row of its key (which the relay could have sent
+/// first). Events that merely share a key, with no row in common (two
+/// independent deliveries of one order's notifications), have no order to keep.
+fn next_seq(sqlite: bool) -> &'static str {
+    if sqlite {
+        "(SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox)"
+    } else {
+        "nextval(pg_get_serial_sequence('outbox', 'seq'))"
+    }
+}
+
 struct OutboxRow {
     event_id: String,
     topic: String,
@@ -121,11 +177,11 @@ struct OutboxRow {
     headers: HeaderList,
 }
 
-/// Unsent rows, oldest first.
+/// Unsent rows, in commit order.
 async fn unsent(db: &Db) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT event_id, topic, message_key, envelope, headers FROM outbox
-         WHERE sent_at IS NULL ORDER BY event_id LIMIT $1",
+         WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
     )
     .bind(BATCH)
     .fetch_all(db.pool())
@@ -144,7 +200,27 @@ async fn unsent(db: &Db) -> Result<Vec<OutboxRow>, sqlx::Error> {
         .collect()
 }
 
-async fn mark_sent(db: &Db, ids: &[String]) -> Result<(), sqlx::Error> {
+/// Which rows of a batch, given as (topic, key, delivered) in relay order, are
+/// marked sent: every delivered row except those behind a failed row of the same
+/// topic and key. Those go out again with it next round, so that the key's
+/// newest event is also its last on the partition (readers that keep the latest
+/// per key, compaction included, end right; consumers' inbox absorbs the
+/// repeats); marked, they would stay ahead of the failed row for good. Order is
+/// promised per key only, so other keys of the partition are marked as usual.
+fn rows_to_mark(batch: &[(&str, &str, bool)]) -> Vec<usize> {
+    let mut failed: HashSet<(&str, &str)> = HashSet::new();
+    let mut mark = Vec::with_capacity(batch.len());
+    for (index, &(topic, key, delivered)) in batch.iter().enumerate() {
+        if !delivered {
+            failed.insert((topic, key));
+        } else if !failed.contains(&(topic, key)) {
+            mark.push(index);
+        }
+    }
+    mark
+}
+
+async fn mark_sent(db: &Db, ids: &[&str]) -> Result<(), sqlx::Error> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -152,7 +228,7 @@ async fn mark_sent(db: &Db, ids: &[String]) -> Result<(), sqlx::Error> {
     let sql = format!("UPDATE outbox SET sent_at = $1 WHERE event_id IN ({})", placeholders.join(", "));
     let mut query = sqlx::query(&sql).bind(now_ms());
     for id in ids {
-        query = query.bind(id.as_str());
+        query = query.bind(*id);
     }
     query.execute(db.writer()).await?;
     Ok(())
@@ -183,23 +259,27 @@ async fn publish_batch(service: &'static str, db: &Db, producer: &FutureProducer
         producer.send(record, Timeout::After(Duration::from_secs(30)))
     });
     let results = join_all(deliveries).await;
-    let mut sent = Vec::with_capacity(rows.len());
     let mut failure = None;
+    let mut outcomes = Vec::with_capacity(rows.len());
     for (row, result) in rows.iter().zip(results) {
-        match result {
+        match &result {
             Ok(_) => {
                 metrics::counter!("messages_produced_total", "service" => service, "topic" => row.topic.clone())
                     .increment(1);
-                sent.push(row.event_id.clone());
             }
             Err((error, _)) => {
                 failure.get_or_insert_with(|| format!("publishing {} to {}: {error}", row.event_id, row.topic));
             }
         }
+        outcomes.push((row.topic.as_str(), row.key.as_str(), result.is_ok()));
     }
+    let sent: Vec<&str> = rows_to_mark(&outcomes).into_iter().map(|i| rows[i].event_id.as_str()).collect();
     mark_sent(db, &sent).await.map_err(|e| format!("marking outbox rows sent: {e}"))?;
     match failure {
-        Some(failure) => Err(failure),
+        Some(failure) => {
+            let held = outcomes.iter().filter(|(_, _, delivered)| *delivered).count() - sent.len();
+            Err(format!("{failure} ({held} delivered rows behind it on its key are sent again)"))
+        }
         None => Ok(sent.len()),
     }
 }
@@ -250,5 +330,41 @@ pub async fn relay(
     }
     if let Err(error) = producer.flush(Timeout::After(Duration::from_secs(5))) {
         tracing::warn!(%error, "flushing producer at shutdown");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_to_mark;
+
+    #[test]
+    fn every_delivered_row_is_marked_when_nothing_failed() {
+        let batch = [("t", "a", true), ("t", "b", true), ("t", "a", true)];
+        assert_eq!(rows_to_mark(&batch), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn nothing_behind_a_failure_of_its_key_is_marked() {
+        let batch = [
+            ("order.events", "o1", true),  // before the failure: marked
+            ("order.events", "o2", true),  // another key: marked
+            ("order.events", "o1", false), // failed
+            ("order.events", "o1", true),  // behind it: sent again next round
+            ("order.events", "o2", true),  // another key, after the failure: marked
+            ("order.events", "o1", true),  // still behind it
+            ("user.events", "o1", true),   // same key, another topic: marked
+        ];
+        assert_eq!(rows_to_mark(&batch), vec![0, 1, 4, 6]);
+    }
+
+    #[test]
+    fn a_failed_first_row_holds_back_its_whole_key() {
+        let batch = [("t", "a", false), ("t", "a", true), ("t", "b", false), ("t", "a", true), ("t", "c", true)];
+        assert_eq!(rows_to_mark(&batch), vec![4]);
+    }
+
+    #[test]
+    fn an_empty_batch_marks_nothing() {
+        assert!(rows_to_mark(&[]).is_empty());
     }
 }

@@ -71,12 +71,14 @@ pub fn summary(message: &Message) -> String {
             format!("short: {}", short.join(", "))
         }
         M::StockCommitted(_) => "reservation committed (sold)".to_owned(),
+        M::StockReleased(m) if m.lines.is_empty() => format!("nothing was reserved: {}", m.reason),
         M::StockReleased(m) => format!("{}: {}", lines(&m.lines), m.reason),
         M::StockReceived(m) => format!("{} +{}, available {}", m.sku, m.quantity, m.available),
         M::PaymentAuthorized(m) => format!("{} charged {}", m.charge_id, money(m.amount_minor)),
         M::PaymentDeclined(m) => m.reason.clone(),
         M::PaymentDeferred(m) => format!("{}; retrying until {}", m.reason, rfc3339_ms(m.deadline_ms)),
         M::PaymentRefunded(m) => format!("{} refunded {} of {}", m.refund_id, money(m.amount_minor), m.charge_id),
+        M::PaymentRefundFailed(m) => format!("refund of {} refused: {}", m.charge_id, m.reason),
         M::NotificationSent(m) => format!("{} via {} to {}", m.kind, m.channel, m.recipient),
     }
 }

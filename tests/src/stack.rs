@@ -28,6 +28,8 @@ pub struct Options {
     pub platform: fn(&mut PlatformConfig),
     /// Changes to payment-svc's settings.
     pub payment: fn(&mut payment_svc::Config),
+    /// Changes to order-svc's settings (its saga deadlines, say).
+    pub order: fn(&mut order_svc::Config),
     /// Tansu only: its sqlite engine (survives [`Broker::restart`] with its
     /// topics and offsets) instead of the faster memory engine.
     pub broker_storage: BrokerStorage,
@@ -35,7 +37,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { platform: |_| {}, payment: |_| {}, broker_storage: BrokerStorage::Memory }
+        Options { platform: |_| {}, payment: |_| {}, order: |_| {}, broker_storage: BrokerStorage::Memory }
     }
 }
 
@@ -55,6 +57,8 @@ pub struct Stack {
     pub platform_config: fn(&mut PlatformConfig),
     /// Tweaks applied to payment-svc's configuration (e.g. a short deadline).
     pub payment_config: fn(&mut payment_svc::Config),
+    /// Tweaks applied to order-svc's configuration.
+    pub order_config: fn(&mut order_svc::Config),
 }
 
 impl Stack {
@@ -104,6 +108,7 @@ impl Stack {
             client: reqwest::Client::new(),
             platform_config: options.platform,
             payment_config: options.payment,
+            order_config: options.order,
         };
         for service in SERVICES {
             stack.start_service(service).await;
@@ -128,7 +133,12 @@ impl Stack {
         let app = match service {
             "user-svc" => user_svc::build(user_svc::Config { platform }).await,
             "product-svc" => product_svc::build(product_svc::Config { platform }).await,
-            "order-svc" => order_svc::build(order_svc::Config { platform }).await,
+            "order-svc" => {
+                let mut config = order_svc::Config::local(&self.broker.addr);
+                config.platform = platform;
+                (self.order_config)(&mut config);
+                order_svc::build(config).await
+            }
             "inventory-svc" => inventory_svc::build(inventory_svc::Config { platform }).await,
             "notification-svc" => notification_svc::build(notification_svc::Config { platform }).await,
             "payment-svc" => {

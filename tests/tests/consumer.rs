@@ -416,6 +416,7 @@ impl Fixture {
             fetch_wait_max: self.broker.kind.fetch_wait_max(),
             // Shorter than the platform's default, to keep expiry tests short.
             session_timeout: Duration::from_secs(10),
+            projection_wait: Duration::from_secs(5),
             health: Default::default(),
         }
     }

@@ -39,24 +39,15 @@ impl Handler for Users {
 }
 
 async fn register_user(command: &RegisterUser, tx: &mut Tx) -> Result<(), HandlerError> {
-    let owner = sqlx::query("SELECT user_id FROM users WHERE email = $1")
-        .bind(&command.email)
-        .fetch_optional(tx.conn())
-        .await?;
-    if let Some(owner) = owner {
-        let owner: String = owner.try_get("user_id")?;
-        if owner != command.user_id {
-            tx.emit(UserRegistrationRejected {
-                user_id: command.user_id.clone(),
-                reason: format!("email {} is already registered to another user", command.email),
-            });
-        }
-        // Same user, same email: a repeated command, already announced.
-        return Ok(());
-    }
+    // No conflict target: a clash on the user id or on the address is an answer
+    // to give, not an error. Two registrations of one address with different
+    // user ids sit on different partitions and, on PostgreSQL, run at once: the
+    // later insert waits for the earlier transaction, and once that committed it
+    // inserts nothing (where a plain INSERT would fail on UNIQUE(email), an error
+    // that dead-letters the command) and the owner is read below.
     let inserted = sqlx::query(
         "INSERT INTO users (user_id, email, name, registered_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (user_id) DO NOTHING",
+         ON CONFLICT DO NOTHING",
     )
     .bind(&command.user_id)
     .bind(&command.email)
@@ -65,17 +56,40 @@ async fn register_user(command: &RegisterUser, tx: &mut Tx) -> Result<(), Handle
     .execute(tx.conn())
     .await?
     .rows_affected();
-    if inserted == 0 {
-        tx.emit(UserRegistrationRejected {
+    if inserted == 1 {
+        tx.emit(UserRegistered {
             user_id: command.user_id.clone(),
-            reason: "user id already registered with another email".into(),
+            email: command.email.clone(),
+            name: command.name.clone(),
         });
         return Ok(());
     }
-    tx.emit(UserRegistered {
-        user_id: command.user_id.clone(),
-        email: command.email.clone(),
-        name: command.name.clone(),
-    });
+    // Each statement sees what committed before it began (read committed), so
+    // the row that won is visible here.
+    let rows = sqlx::query("SELECT user_id, email FROM users WHERE email = $1 OR user_id = $2")
+        .bind(&command.email)
+        .bind(&command.user_id)
+        .fetch_all(tx.conn())
+        .await?;
+    let clashes = rows
+        .iter()
+        .map(|row| Ok((row.try_get("user_id")?, row.try_get("email")?)))
+        .collect::<Result<Vec<(String, String)>, sqlx::Error>>()?;
+    let email_owner = clashes.iter().find(|(_, email)| *email == command.email).map(|(user, _)| user);
+    let reason = match email_owner {
+        // Same user, same email: a repeated command, already announced.
+        Some(owner) if *owner == command.user_id => return Ok(()),
+        Some(_) => format!("email {} is already registered to another user", command.email),
+        None if clashes.iter().any(|(user, _)| *user == command.user_id) => {
+            "user id already registered with another email".to_owned()
+        }
+        None => {
+            return Err(HandlerError::transient(format!(
+                "registering {}: the insert met a conflict that is not visible yet",
+                command.user_id
+            )))
+        }
+    };
+    tx.emit(UserRegistrationRejected { user_id: command.user_id.clone(), reason });
     Ok(())
 }

@@ -172,7 +172,10 @@ impl<H: Handler> Worker<H> {
     }
 
     async fn apply(&self, envelope: &Envelope, trace_id: Option<&str>) -> Result<(), HandlerError> {
-        let mut tx = Tx::begin(&self.db, self.settings.service).await?.caused_by(envelope, trace_id);
+        let mut tx = Tx::begin(&self.db, self.settings.service)
+            .await?
+            .caused_by(envelope, trace_id)
+            .projections_awaited_for(self.settings.projection_wait);
         // The inbox row goes first: on SQLite it takes the write lock up front, so
         // the transaction never has to upgrade from a read lock and fail busy.
         let fresh = sqlx::query(
