@@ -6,6 +6,7 @@
 //!   outage answers 503 and does nothing; slow does the work and answers after
 //!   `latency_ms`; failing does the work and answers 500. Slow and failing are
 //!   the ambiguous cases: money moved, and the caller cannot tell.
+//!   `refusing_refunds` takes charges as usual and declines every new refund.
 //! - `GET /v1/charges?idempotency_key=K`: the charge made under K (404 if none),
 //!   how a caller settles an ambiguous call.
 //! - `GET /ledger`: every charge and refund, with how many calls each key got.
@@ -28,12 +29,13 @@ use tokio_util::sync::CancellationToken;
 use crate::gateway::{ChargeRequest, GatewayReply, RefundRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     Healthy,
     Outage,
     Slow,
     Failing,
+    RefusingRefunds,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,7 +115,7 @@ async fn behave(
                 Json(GatewayReply { status: "error".into(), id: None, reason: Some("simulated failure".into()) }),
             )
         }
-        Mode::Healthy | Mode::Outage => {}
+        Mode::Healthy | Mode::Outage | Mode::RefusingRefunds => {}
     }
     answer
 }
@@ -186,7 +188,13 @@ fn record_refund(sim: &mut Sim, request: RefundRequest) -> (StatusCode, Json<Gat
         return reply(entry);
     }
     let charged = sim.ledger.charges.values().any(|c| c.approved && c.id.as_deref() == Some(&request.charge_id));
-    let reason = (!charged).then(|| format!("no charge {}", request.charge_id));
+    let refused = sim.control.mode == Mode::RefusingRefunds;
+    let reason = if !charged {
+        Some(format!("no charge {}", request.charge_id))
+    } else {
+        refused.then(|| "refunds refused (simulated)".to_owned())
+    };
+    let charged = charged && !refused;
     let id = charged.then(|| {
         sim.next_id += 1;
         format!("re_{:06}", sim.next_id)

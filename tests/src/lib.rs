@@ -87,3 +87,13 @@ macro_rules! on_every_target {
         }
     };
 }
+
+/// `on_kafka::sqlite::<name>` and `on_kafka::postgres::<name>`, for scenarios
+/// whose subject is the services, not the broker: Apache Kafka covers them, on
+/// both databases, and `TEST_BROKER=tansu` filters them out by name.
+#[macro_export]
+macro_rules! on_kafka {
+    ($($name:ident),* $(,)?) => {
+        $crate::on_every_target!(@broker on_kafka Kafka $($name),*);
+    };
+}

@@ -14,14 +14,15 @@ use sqlx::Executor;
 
 const SAGA: Duration = Duration::from_secs(60);
 
-saga_tests::on_every_target!(@broker on_kafka Kafka
+saga_tests::on_kafka!(
     an_ambiguous_charge_is_settled_by_key_and_refunded_past_the_deadline,
     a_cancel_while_the_payment_is_deferred_stops_it,
     a_cancel_racing_the_charge_never_keeps_money,
     a_dead_lettered_saga_event_still_ends_the_order,
     an_order_right_after_registering_waits_for_the_user,
     an_order_for_a_user_who_never_registers_is_rejected_without_stalling,
-    an_order_priced_beyond_any_amount_is_dead_lettered_not_wrapped
+    an_order_priced_beyond_any_amount_is_dead_lettered_not_wrapped,
+    a_refund_the_gateway_refuses_is_handed_to_an_operator,
 );
 
 async fn setup(stack: &mut Stack) {
@@ -351,5 +352,34 @@ async fn an_order_priced_beyond_any_amount_is_dead_lettered_not_wrapped(target: 
         .collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("lines[0].quantity"), "names the field: {}", errors[0]);
+    stack.stop().await;
+}
+
+/// The gateway refuses a refund that is owed: nothing automatic can fix that,
+/// so the order is handed to an operator at once, with the reason, and counted.
+async fn a_refund_the_gateway_refuses_is_handed_to_an_operator(target: Target) {
+    let mut stack = Stack::start(target).await;
+    setup(&mut stack).await;
+    stack.place_order("refused", "ann", &[("SKU-PEN", 1)], "tok_visa").await;
+    stack.wait_order("refused", "CONFIRMED", SAGA).await;
+    stack.set_gateway(Mode::RefusingRefunds, 0).await;
+    cancel(&stack, "refused").await;
+    let db = stack.db("order-svc").await;
+    eventually("the order is handed to an operator", SAGA, || {
+        let db = db.clone();
+        async move {
+            let attention: Option<String> =
+                sqlx::query_scalar("SELECT attention FROM orders WHERE order_id = 'refused'")
+                    .fetch_one(db.pool())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            expect_eq("says the refund was refused", attention.is_some_and(|a| a.contains("refused")), true)
+        }
+    })
+    .await;
+    assert_eq!(payment_status(&mut stack, "refused").await.as_deref(), Some("REFUND_REFUSED"));
+    assert_eq!(stack.order_status("refused").await.as_deref(), Some("CANCELLING"));
+    let (_, metrics) = stack.http_get("order-svc", "/metrics").await;
+    assert!(metrics.lines().any(|l| l.starts_with("orders_needing_operator") && l.ends_with(" 1")), "{metrics}");
     stack.stop().await;
 }

@@ -17,27 +17,7 @@ use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// `mod on_kafka { mod sqlite { .. } mod postgres { .. } }`, named like
-/// `saga_tests::on_every_target!` names its tests (the same macro as in users.rs).
-macro_rules! on_kafka {
-    ($($name:ident),* $(,)?) => {
-        mod on_kafka {
-            on_kafka!(@database sqlite Sqlite $($name),*);
-            on_kafka!(@database postgres Postgres $($name),*);
-        }
-    };
-    (@database $module:ident $backend:ident $($name:ident),*) => {
-        mod $module {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-               async fn $name() {
-                   let target = saga_tests::Target::new(saga_tests::BrokerKind::Kafka, saga_tests::Backend::$backend);
-                   super::super::$name(target).await
-               } )*
-        }
-    };
-}
-
-on_kafka!(relay_follows_commit_order_not_event_ids, published_rows_and_old_inbox_ids_are_pruned_everywhere);
+saga_tests::on_kafka!(relay_follows_commit_order_not_event_ids, published_rows_and_old_inbox_ids_are_pruned_everywhere);
 
 const SAGA: Duration = Duration::from_secs(60);
 

@@ -14,27 +14,7 @@ use platform::kafka::HeaderList;
 use rdkafka::Message as _;
 use saga_tests::{eventually, Stack, Target};
 
-/// `mod on_kafka { mod sqlite { .. } mod postgres { .. } }`, named like
-/// `saga_tests::on_every_target!` names its tests, for scenarios one broker covers.
-macro_rules! on_kafka {
-    ($($name:ident),* $(,)?) => {
-        mod on_kafka {
-            on_kafka!(@database sqlite Sqlite $($name),*);
-            on_kafka!(@database postgres Postgres $($name),*);
-        }
-    };
-    (@database $module:ident $backend:ident $($name:ident),*) => {
-        mod $module {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-               async fn $name() {
-                   let target = saga_tests::Target::new(saga_tests::BrokerKind::Kafka, saga_tests::Backend::$backend);
-                   super::super::$name(target).await
-               } )*
-        }
-    };
-}
-
-on_kafka!(one_email_registered_twice_at_once_is_answered_not_dead_lettered);
+saga_tests::on_kafka!(one_email_registered_twice_at_once_is_answered_not_dead_lettered);
 
 const PAIRS: usize = 40;
 
