@@ -214,10 +214,11 @@ impl Payments {
         let now = now_ms();
         let Some((status, stop_reason)) = row else {
             let reason = format!("cancelled before payment: {}", cancel.reason);
-            sqlx::query(
+            let tombstone = sqlx::query(
                 "INSERT INTO payments (order_id, status, amount_minor, payment_token, attempts, next_attempt_at,
                                        deadline_at, cause_event_id, created_at, updated_at, reason, stop_reason)
-                 VALUES ($1, $2, 0, '', 0, $3, $3, $4, $3, $3, $5, $5)",
+                 VALUES ($1, $2, 0, '', 0, $3, $3, $4, $3, $3, $5, $5)
+                 ON CONFLICT (order_id) DO NOTHING",
             )
             .bind(&cancel.order_id)
             .bind(S::Cancelled.as_str())
@@ -225,7 +226,16 @@ impl Payments {
             .bind(event.event_id.to_string())
             .bind(&reason)
             .execute(tx.conn())
-            .await?;
+            .await?
+            .rows_affected();
+            if tombstone == 0 {
+                // StockReserved queued the charge meanwhile (on PostgreSQL, on
+                // another partition): look again, and stop that.
+                return Err(HandlerError::transient(format!(
+                    "payment of order {} queued concurrently",
+                    cancel.order_id
+                )));
+            }
             tx.emit(PaymentDeclined { order_id: cancel.order_id.clone(), reason });
             return Ok(());
         };
