@@ -318,11 +318,13 @@ async fn record(
             let delay = backoff(job.attempts, settings).max(retry_after);
             let next = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
             let status = if job.status == S::Pending { S::Deferred } else { job.status };
-            // A stop requested meanwhile is acted on at once, not after the back-off.
+            // A stop requested since the job was read is acted on at once, not
+            // after the back-off; a stop that this turn already tried to settle
+            // backs off like any other call.
             let updated = sqlx::query(
                 "UPDATE payments SET attempts = attempts + 1, reason = $3, status = $4, updated_at = $5,
                         ambiguous = CASE WHEN $6 = 1 THEN 1 ELSE ambiguous END,
-                        next_attempt_at = CASE WHEN stop_reason IS NULL THEN $7 ELSE $5 END
+                        next_attempt_at = CASE WHEN stop_reason IS NULL OR $8 = 1 THEN $7 ELSE $5 END
                  WHERE order_id = $1 AND status = $2",
             )
             .bind(&job.order_id)
@@ -332,6 +334,7 @@ async fn record(
             .bind(now)
             .bind(i64::from(*ambiguous))
             .bind(next)
+            .bind(i64::from(job.stop_reason.is_some()))
             .execute(tx.conn())
             .await?
             .rows_affected();

@@ -42,6 +42,10 @@ async fn payment_status(stack: &mut Stack, order_id: &str) -> Option<String> {
     stack.scalar_text("payment-svc", "SELECT status FROM payments WHERE order_id = $1", order_id).await
 }
 
+async fn attempts(stack: &mut Stack, order_id: &str) -> i64 {
+    stack.scalar_i64("payment-svc", "SELECT attempts FROM payments WHERE order_id = $1", order_id).await.unwrap_or(0)
+}
+
 /// Charged under the order's key, and approved.
 fn charged(ledger: &Ledger, order_id: &str) -> bool {
     ledger.charges.get(order_id).is_some_and(|c| c.approved)
@@ -115,6 +119,13 @@ async fn a_cancel_while_the_payment_is_deferred_stops_it(target: Target) {
     stack.wait_order("deferred-ambiguous", "PAYMENT_DEFERRED", SAGA).await;
     cancel(&stack, "deferred-ambiguous").await;
     stack.wait_order("deferred-ambiguous", "CANCELLING", SAGA).await;
+    // While the gateway fails the charge cannot be settled: the settling is
+    // retried with the payment's back-off (here at most 500 ms), not in a loop.
+    let before = attempts(&mut stack, "deferred-ambiguous").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tried = attempts(&mut stack, "deferred-ambiguous").await - before;
+    println!("settling attempts while the gateway failed, in 3 s: {tried}");
+    assert!(tried <= 20, "settling backs off: {tried} attempts in 3 s");
     stack.set_gateway(Mode::Healthy, 0).await;
     stack.wait_order("deferred-ambiguous", "CANCELLED", SAGA).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
