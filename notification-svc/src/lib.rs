@@ -66,14 +66,20 @@ impl Handler for Notifications {
             }
             M::OrderPlaced(order) => {
                 remember_customer(&order.order_id, &order.user_id, tx).await?;
-                sqlx::query(
+                // Held for want of this order (a PaymentDeferred that came first):
+                // rare, so the usual OrderPlaced costs this one update.
+                let held = sqlx::query(
                     "UPDATE notifications SET user_id = $2 WHERE order_id = $1 AND user_id = '' AND status = $3",
                 )
                 .bind(&order.order_id)
                 .bind(&order.user_id)
                 .bind(UNDELIVERABLE)
                 .execute(tx.conn())
-                .await?;
+                .await?
+                .rows_affected();
+                if held == 0 {
+                    return Ok(());
+                }
                 send_held(tx, "order_id = $1", &order.order_id).await
             }
             M::OrderConfirmed(order) => {

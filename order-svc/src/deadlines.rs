@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use events::OrderStatus;
-use platform::db::now_ms;
+use platform::db::{millis, now_ms};
 use platform::{Db, HandlerError, Tx};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -32,21 +32,17 @@ pub struct Deadlines {
     pub poll: Duration,
 }
 
-fn ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
 impl Deadlines {
     pub fn pending_from(&self, now: i64) -> i64 {
-        now.saturating_add(ms(self.pending))
+        now.saturating_add(millis(self.pending))
     }
 
     pub fn deferred_until(&self, payment_deadline_ms: i64) -> i64 {
-        payment_deadline_ms.saturating_add(ms(self.deferred_grace))
+        payment_deadline_ms.saturating_add(millis(self.deferred_grace))
     }
 
     pub fn cancelling_from(&self, now: i64) -> i64 {
-        now.saturating_add(ms(self.cancelling))
+        now.saturating_add(millis(self.cancelling))
     }
 }
 

@@ -114,8 +114,8 @@ pub async fn place_order(command: &PlaceOrder, deadlines: &Deadlines, tx: &mut T
     let deadline_at = reason.is_none().then(|| deadlines.pending_from(now));
     sqlx::query(
         "INSERT INTO orders (order_id, user_id, status, total_minor, payment_token, reason,
-                             cancel_requested, cancel_reason, version, created_at, updated_at, deadline_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 0, '', 0, $7, $7, $8)",
+                             cancel_reason, version, created_at, updated_at, deadline_at)
+         VALUES ($1, $2, $3, $4, $5, $6, '', 0, $7, $7, $8)",
     )
     .bind(&command.order_id)
     .bind(&command.user_id)

@@ -59,6 +59,9 @@ pub enum Outcome {
         /// an open breaker is not ambiguous: nothing was sent.
         ambiguous: bool,
     },
+    /// The gateway answered that it has nothing under this key or id (404): an
+    /// answer about the money, not a failure of the gateway.
+    NotFound,
 }
 
 /// What the gateway knows about a charge, by idempotency key.
@@ -73,9 +76,6 @@ pub enum Lookup {
         reason: String,
     },
 }
-
-/// How a lookup's 404 travels through [`Gateway::call`]: an answer, not a failure.
-const NOT_FOUND: &str = "no charge under this key";
 
 pub struct Gateway {
     base_url: String,
@@ -119,8 +119,7 @@ impl Gateway {
             self.http.get(format!("{}/v1/charges", self.base_url)).query(&[("idempotency_key", idempotency_key)]);
         match self.call(request).await {
             Outcome::Approved { id } => Lookup::Charged { id },
-            Outcome::Declined { .. } => Lookup::NotCharged,
-            Outcome::Unavailable { reason, .. } if reason == NOT_FOUND => Lookup::NotCharged,
+            Outcome::Declined { .. } | Outcome::NotFound => Lookup::NotCharged,
             Outcome::Unavailable { reason, .. } => Lookup::Unavailable { reason },
         }
     }
@@ -146,7 +145,7 @@ impl Gateway {
                     Ok(reply) if status.as_u16() == 402 || reply.status == "declined" => {
                         Outcome::Declined { reason: reply.reason.unwrap_or_else(|| "declined".into()) }
                     }
-                    _ if status.as_u16() == 404 => Outcome::Unavailable { reason: NOT_FOUND.into(), ambiguous: false },
+                    _ if status == reqwest::StatusCode::NOT_FOUND => Outcome::NotFound,
                     _ => Outcome::Unavailable {
                         reason: format!("gateway answered {status}"),
                         ambiguous: status != reqwest::StatusCode::SERVICE_UNAVAILABLE,
@@ -161,8 +160,8 @@ impl Gateway {
             }
         };
         permit.record(match outcome {
-            Outcome::Unavailable { ref reason, .. } if reason != NOT_FOUND => CallOutcome::Failure,
-            _ => CallOutcome::Success,
+            Outcome::Unavailable { .. } => CallOutcome::Failure,
+            Outcome::Approved { .. } | Outcome::Declined { .. } | Outcome::NotFound => CallOutcome::Success,
         });
         outcome
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use events::{topics, Envelope, Message, OrderCancellationRequested, PaymentDeclined, StockReserved};
 use platform::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
-use platform::db::now_ms;
+use platform::db::{millis, now_ms};
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
 use tokio::sync::Notify;
 
@@ -174,7 +174,7 @@ impl Handler for Payments {
 impl Payments {
     async fn queue_charge(&self, event: &Envelope, reserved: &StockReserved, tx: &mut Tx) -> Result<(), HandlerError> {
         let now = now_ms();
-        let deadline = now + i64::try_from(self.deadline.as_millis()).unwrap_or(i64::MAX / 2);
+        let deadline = now.saturating_add(millis(self.deadline));
         sqlx::query(
             "INSERT INTO payments (order_id, status, amount_minor, payment_token, attempts, next_attempt_at,
                                    deadline_at, cause_event_id, created_at, updated_at)

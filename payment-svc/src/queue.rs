@@ -22,7 +22,7 @@ use std::time::Duration;
 use events::{
     Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentDeferred, PaymentRefundFailed, PaymentRefunded,
 };
-use platform::db::now_ms;
+use platform::db::{millis, now_ms};
 use platform::{Db, Tx};
 use sqlx::Row;
 use tokio::sync::Notify;
@@ -148,8 +148,8 @@ pub async fn run(
                             lock(&in_flight).remove(&job.order_id);
                             break;
                         };
-                        let (db, gateway, relay, wake, in_flight) =
-                            (db.clone(), gateway.clone(), relay.clone(), wake.clone(), in_flight.clone());
+                        let (db, gateway, relay, in_flight) =
+                            (db.clone(), gateway.clone(), relay.clone(), in_flight.clone());
                         calls.spawn(async move {
                             let step = turn(&gateway, &job).await;
                             tracing::info!(order_id = %job.order_id, status = %job.status, ?step, "payment step");
@@ -157,8 +157,6 @@ pub async fn run(
                                 .await;
                             lock(&in_flight).remove(&job.order_id);
                             drop(permit);
-                            // A step may leave the job due at once (a refund to make).
-                            wake.notify_one();
                         });
                     }
                 }
@@ -199,6 +197,7 @@ async fn turn(gateway: &Gateway, job: &Job) -> Step {
             Outcome::Approved { id } => Step::Refunded { refund_id: id },
             Outcome::Declined { reason } => Step::RefundRefused { reason },
             Outcome::Unavailable { reason, ambiguous } => Step::Retry { reason, ambiguous },
+            Outcome::NotFound => not_found(),
         };
     }
     let stop = match &job.stop_reason {
@@ -230,7 +229,14 @@ async fn turn(gateway: &Gateway, job: &Job) -> Step {
         Outcome::Approved { id } => Step::Authorized { charge_id: id },
         Outcome::Declined { reason } => Step::Declined { reason },
         Outcome::Unavailable { reason, ambiguous } => Step::Retry { reason, ambiguous },
+        Outcome::NotFound => not_found(),
     }
+}
+
+/// A charge or refund endpoint that answers 404 is misconfigured: nothing was
+/// done, so it is tried again later.
+fn not_found() -> Step {
+    Step::Retry { reason: "gateway answered 404 Not Found".to_owned(), ambiguous: false }
 }
 
 async fn record_with_retries(
@@ -316,7 +322,7 @@ async fn record(
         }
         Step::Retry { reason, ambiguous } => {
             let delay = backoff(job.attempts, settings).max(retry_after);
-            let next = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+            let next = now.saturating_add(millis(delay));
             let status = if job.status == S::Pending { S::Deferred } else { job.status };
             // A stop requested since the job was read is acted on at once, not
             // after the back-off; a stop that this turn already tried to settle

@@ -115,6 +115,11 @@ fn prepare_sqlite_url(url: &str) -> Result<String, Error> {
 
 /// Milliseconds since the Unix epoch, the time format of every table.
 pub fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+    millis(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
+}
+
+/// A duration in the tables' unit, milliseconds, saturating (a setting of
+/// years is still a number to add to `now_ms` with `saturating_add`).
+pub fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

@@ -17,7 +17,7 @@ use sqlx::{Any, AnyConnection, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{now_ms, Db};
+use crate::db::{millis, now_ms, Db};
 use crate::kafka::HeaderList;
 
 /// Rows published per relay round.
@@ -68,7 +68,7 @@ impl Tx {
     /// reason. A partition therefore waits at most that long for what never comes.
     pub fn wait_for_projection(&self, missing: &str) -> Result<(), crate::HandlerError> {
         let age_ms = self.cause.as_ref().and_then(|(cause, _)| cause.occurred_at_ms()).map(|at| now_ms() - at);
-        let wait_ms = i64::try_from(self.projection_wait.as_millis()).unwrap_or(i64::MAX);
+        let wait_ms = millis(self.projection_wait);
         match age_ms {
             Some(age) if age < wait_ms => {
                 Err(crate::HandlerError::transient(format!("{missing} not known yet (waiting up to {wait_ms} ms)")))

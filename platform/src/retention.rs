@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{now_ms, Db};
+use crate::db::{millis, now_ms, Db};
 use crate::{Error, PlatformConfig};
 
 /// Rows deleted per statement.
@@ -77,7 +77,7 @@ async fn prune_table(db: &Db, delete: &str, cutoff: i64, stop: &CancellationToke
 }
 
 fn cutoff(now: i64, retention: Duration) -> i64 {
-    now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX))
+    now.saturating_sub(millis(retention))
 }
 
 /// Prunes now and then every `retention.interval` until `shutdown`. A failed

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use events::{CancelOrder, Envelope, OrderLine, PlaceOrder, RegisterUser};
 use payment_svc::simulator::{Ledger, Mode};
-use platform::kafka::HeaderList;
+use platform::dead_letter::DeadLetterInfo;
+use platform::kafka::{header, HeaderList};
 use rdkafka::Message as _;
 use saga_tests::{eventually, expect_eq, Backend, Options, Stack, Target};
 use sqlx::Executor;
@@ -204,14 +205,45 @@ async fn refuse(stack: &mut Stack, service: &'static str, event: &str, table: &s
     }
 }
 
-async fn dead_lettered_types(stack: &Stack, service: &str) -> Vec<String> {
-    let topic = events::topics::dead_letter(service);
-    stack
-        .read_topic(&topic)
-        .await
+/// Waits until `order_id` is handed to an operator with a reason that mentions
+/// `mentioning`, and checks that order-svc's /metrics counts one such order.
+async fn wait_handed_to_operator(stack: &mut Stack, order_id: &str, mentioning: &str) {
+    let db = stack.db("order-svc").await;
+    eventually(&format!("{order_id} handed to an operator"), SAGA, || {
+        let db = db.clone();
+        async move {
+            let attention: Option<String> = sqlx::query_scalar("SELECT attention FROM orders WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_one(db.pool())
+                .await
+                .map_err(|e| e.to_string())?;
+            match attention {
+                Some(reason) if reason.contains(mentioning) => Ok(()),
+                other => Err(format!("attention is {other:?}, not a reason mentioning {mentioning:?}")),
+            }
+        }
+    })
+    .await;
+    let (_, metrics) = stack.http_get("order-svc", "/metrics").await;
+    assert!(metrics.lines().any(|l| l.starts_with("orders_needing_operator") && l.ends_with(" 1")), "{metrics}");
+}
+
+/// (event type, error message) of every record `service` dead-lettered.
+async fn dead_letters(stack: &Stack, service: &str) -> Vec<(String, String)> {
+    let records = stack.read_topic(&events::topics::dead_letter(service)).await;
+    records
         .iter()
-        .filter_map(|r| HeaderList::from_kafka(r.headers()).get("event_type").map(str::to_owned))
+        .map(|record| {
+            let headers = HeaderList::from_kafka(record.headers());
+            let event_type = headers.get(header::EVENT_TYPE).unwrap_or_default().to_owned();
+            let error = DeadLetterInfo::from_headers(&headers).map(|info| info.error_message).unwrap_or_default();
+            (event_type, error)
+        })
         .collect()
+}
+
+async fn dead_lettered_types(stack: &Stack, service: &str) -> Vec<String> {
+    dead_letters(stack, service).await.into_iter().map(|(event_type, _)| event_type).collect()
 }
 
 /// payment-svc dead-letters the StockReserved of one order, and inventory-svc
@@ -244,21 +276,8 @@ async fn a_dead_lettered_saga_event_still_ends_the_order(target: Target) {
     stack.place_order("stuck", "ann", &[("SKU-PEN", 1)], "tok_visa").await;
     stack.wait_order("stuck", "CONFIRMED", SAGA).await;
     cancel(&stack, "stuck").await;
-    let db = stack.db("order-svc").await;
-    eventually("the stuck order is handed to an operator", SAGA, || {
-        let db = db.clone();
-        async move {
-            let attention: Option<String> = sqlx::query_scalar("SELECT attention FROM orders WHERE order_id = 'stuck'")
-                .fetch_one(db.pool())
-                .await
-                .map_err(|e| e.to_string())?;
-            expect_eq("has an operator reason", attention.is_some_and(|a| a.contains("CANCELLING")), true)
-        }
-    })
-    .await;
+    wait_handed_to_operator(&mut stack, "stuck", "CANCELLING").await;
     assert!(dead_lettered_types(&stack, "inventory-svc").await.contains(&"PaymentRefunded".to_owned()));
-    let (_, metrics) = stack.http_get("order-svc", "/metrics").await;
-    assert!(metrics.lines().any(|l| l.starts_with("orders_needing_operator") && l.ends_with(" 1")), "{metrics}");
     assert!(refund_made(&stack.ledger().await, "stuck"), "the money went back even so");
     stack.stop().await;
 }
@@ -353,14 +372,7 @@ async fn an_order_priced_beyond_any_amount_is_dead_lettered_not_wrapped(target: 
     stack.place_order("after-huge", "ann", &[("SKU-GOLD", 1)], "tok_visa").await;
     stack.wait_order("after-huge", "CONFIRMED", SAGA).await;
     assert_eq!(stack.order_status("huge").await, None, "never priced");
-    let topic = events::topics::dead_letter("order-svc");
-    let dead = stack.read_topic(&topic).await;
-    let errors: Vec<String> = dead
-        .iter()
-        .filter_map(|r| {
-            HeaderList::from_kafka(r.headers()).get(platform::dead_letter::ERROR_MESSAGE).map(str::to_owned)
-        })
-        .collect();
+    let errors: Vec<String> = dead_letters(&stack, "order-svc").await.into_iter().map(|(_, error)| error).collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("lines[0].quantity"), "names the field: {}", errors[0]);
     stack.stop().await;
@@ -375,22 +387,8 @@ async fn a_refund_the_gateway_refuses_is_handed_to_an_operator(target: Target) {
     stack.wait_order("refused", "CONFIRMED", SAGA).await;
     stack.set_gateway(Mode::RefusingRefunds, 0).await;
     cancel(&stack, "refused").await;
-    let db = stack.db("order-svc").await;
-    eventually("the order is handed to an operator", SAGA, || {
-        let db = db.clone();
-        async move {
-            let attention: Option<String> =
-                sqlx::query_scalar("SELECT attention FROM orders WHERE order_id = 'refused'")
-                    .fetch_one(db.pool())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            expect_eq("says the refund was refused", attention.is_some_and(|a| a.contains("refused")), true)
-        }
-    })
-    .await;
+    wait_handed_to_operator(&mut stack, "refused", "refused").await;
     assert_eq!(payment_status(&mut stack, "refused").await.as_deref(), Some("REFUND_REFUSED"));
     assert_eq!(stack.order_status("refused").await.as_deref(), Some("CANCELLING"));
-    let (_, metrics) = stack.http_get("order-svc", "/metrics").await;
-    assert!(metrics.lines().any(|l| l.starts_with("orders_needing_operator") && l.ends_with(" 1")), "{metrics}");
     stack.stop().await;
 }
