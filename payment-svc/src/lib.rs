@@ -62,6 +62,13 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_RETRY_MAX", default_value = "10s", value_parser = duration)]
     pub payment_retry_max: Duration,
 
+    /// How long a payment taken by a worker stays claimed if the worker dies
+    /// before recording its outcome; then another replica (or this one, started
+    /// again) takes it. Must exceed GATEWAY_TIMEOUT by 10s, the most one turn and
+    /// its recording can take.
+    #[arg(long, env = "PAYMENT_CLAIM_LEASE", default_value = "15s", value_parser = duration)]
+    pub payment_claim_lease: Duration,
+
     /// Breaker: calls in the sliding window.
     #[arg(long, env = "BREAKER_WINDOW", default_value_t = 20)]
     pub breaker_window: usize,
@@ -114,7 +121,17 @@ impl Config {
     }
 }
 
+/// Room a claim leaves beyond the gateway timeout, for recording the outcome.
+const CLAIM_MARGIN: Duration = Duration::from_secs(10);
+
 pub async fn build(config: Config) -> Result<App, platform::Error> {
+    if config.payment_claim_lease < config.gateway_timeout + CLAIM_MARGIN {
+        return Err(platform::Error::Config(format!(
+            "PAYMENT_CLAIM_LEASE ({:?}) must exceed GATEWAY_TIMEOUT ({:?}) by at least {CLAIM_MARGIN:?}, or a \
+             payment still in flight could be claimed and attempted by a second worker",
+            config.payment_claim_lease, config.gateway_timeout
+        )));
+    }
     let app = App::build(SERVICE, config.platform.clone(), &MIGRATIONS).await?;
     let breaker = Arc::new(CircuitBreaker::new(config.breaker()));
     let (scrape_db, scrape_breaker) = (app.db().clone(), breaker.clone());
@@ -129,6 +146,7 @@ pub async fn build(config: Config) -> Result<App, platform::Error> {
         retry_min: config.payment_retry_min,
         retry_max: config.payment_retry_max,
         poll: Duration::from_millis(200),
+        claim_lease: config.payment_claim_lease,
     };
     let (db, relay, queue_wake) = (app.db().clone(), app.relay(), wake.clone());
     let payments = Payments { wake, deadline: config.payment_deadline };

@@ -13,10 +13,11 @@
 //! was requested meanwhile, and otherwise refunded.
 //!
 //! Because the queue is a table, it survives restarts; because calls carry an
-//! idempotency key, a call repeated after a crash moves no money twice.
+//! idempotency key, a call repeated after a crash moves no money twice. Replicas
+//! on one PostgreSQL database share the queue: a worker claims the rows it takes
+//! (`claim_due_jobs`), so each attempt is made by one of them, once.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use events::{
@@ -39,6 +40,10 @@ pub struct QueueSettings {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub poll: Duration,
+    /// How long a taken job stays claimed if its outcome is never recorded (the
+    /// replica died): longer than one turn can take, so a live claim never
+    /// lapses into a second call.
+    pub claim_lease: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -86,14 +91,30 @@ enum Step {
     },
 }
 
-async fn due_jobs(db: &Db, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
+/// Takes up to `limit` due jobs, claiming them for `lease`. On PostgreSQL the
+/// candidates are locked as they are chosen and rows another worker is claiming
+/// at that moment are skipped (`FOR UPDATE SKIP LOCKED`); a row it claimed a
+/// moment ago is no longer due to us, since the claim is re-checked on the
+/// locked row. SQLite has one writer, and one replica.
+///
+/// Recording an outcome ends a claim (`claimed_until = 0`), so a claim still
+/// standing when it is taken again was left by a worker that died during its
+/// turn, and whether that turn's call moved money is unknown: the job is then
+/// ambiguous, and settled by key before it can be stopped.
+async fn claim_due_jobs(db: &Db, limit: i64, lease: Duration) -> Result<Vec<Job>, sqlx::Error> {
+    let skip_locked = if db.is_sqlite() { "" } else { "FOR UPDATE SKIP LOCKED" };
     let sql = format!(
-        "SELECT order_id, status, amount_minor, payment_token, charge_id, attempts, deadline_at, cause_event_id,
-                ambiguous, stop_reason
-         FROM payments WHERE status IN {QUEUED_SQL} AND next_attempt_at <= $1
-         ORDER BY next_attempt_at LIMIT $2"
+        "UPDATE payments SET claimed_until = $2, ambiguous = CASE WHEN claimed_until > 0 THEN 1 ELSE ambiguous END
+         WHERE order_id IN (
+             SELECT order_id FROM payments
+             WHERE status IN {QUEUED_SQL} AND next_attempt_at <= $1 AND claimed_until <= $1
+             ORDER BY next_attempt_at LIMIT $3 {skip_locked})
+         RETURNING order_id, status, amount_minor, payment_token, charge_id, attempts, deadline_at, cause_event_id,
+                   ambiguous, stop_reason"
     );
-    let rows = sqlx::query(&sql).bind(now_ms()).bind(limit).fetch_all(db.pool()).await?;
+    let now = now_ms();
+    let rows =
+        sqlx::query(&sql).bind(now).bind(now.saturating_add(millis(lease))).bind(limit).fetch_all(db.writer()).await?;
     rows.iter()
         .map(|r| {
             let status: String = r.try_get("status")?;
@@ -132,35 +153,27 @@ pub async fn run(
     settings: QueueSettings,
     stop: CancellationToken,
 ) -> Result<(), platform::Error> {
-    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let bulkhead = gateway.bulkhead();
     let mut calls = JoinSet::new();
     loop {
+        // Only this loop takes slots, so every job claimed here gets one at once.
         let free = bulkhead.available_permits();
         if free > 0 {
-            match due_jobs(&db, (free + in_flight_len(&in_flight)) as i64).await {
+            match claim_due_jobs(&db, free as i64, settings.claim_lease).await {
                 Ok(jobs) => {
                     for job in jobs {
-                        if !lock(&in_flight).insert(job.order_id.clone()) {
-                            continue;
-                        }
-                        let Ok(permit) = bulkhead.clone().try_acquire_owned() else {
-                            lock(&in_flight).remove(&job.order_id);
-                            break;
-                        };
-                        let (db, gateway, relay, in_flight) =
-                            (db.clone(), gateway.clone(), relay.clone(), in_flight.clone());
+                        let Ok(permit) = bulkhead.clone().acquire_owned().await else { break };
+                        let (db, gateway, relay) = (db.clone(), gateway.clone(), relay.clone());
                         calls.spawn(async move {
                             let step = turn(&gateway, &job).await;
                             tracing::info!(order_id = %job.order_id, status = %job.status, ?step, "payment step");
                             record_with_retries(&db, &relay, &job, step, gateway.breaker().retry_after(), settings)
                                 .await;
-                            lock(&in_flight).remove(&job.order_id);
                             drop(permit);
                         });
                     }
                 }
-                Err(error) => tracing::warn!(%error, "reading the payment queue"),
+                Err(error) => tracing::warn!(%error, "claiming due payments"),
             }
         }
         tokio::select! {
@@ -171,17 +184,10 @@ pub async fn run(
         }
     }
     // Let calls in flight finish and record their outcome: abandoning one would
-    // only mean repeating it (safely) after the restart, but finishing is cheaper.
+    // only mean repeating it (safely) after its claim expires, but finishing is
+    // cheaper.
     while calls.join_next().await.is_some() {}
     Ok(())
-}
-
-fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    set.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn in_flight_len(set: &Mutex<HashSet<String>>) -> usize {
-    lock(set).len()
 }
 
 /// One turn of a job: a refund, a charge, or, for a charge that is to be
@@ -328,7 +334,7 @@ async fn record(
             // after the back-off; a stop that this turn already tried to settle
             // backs off like any other call.
             let updated = sqlx::query(
-                "UPDATE payments SET attempts = attempts + 1, reason = $3, status = $4, updated_at = $5,
+                "UPDATE payments SET attempts = attempts + 1, reason = $3, status = $4, updated_at = $5, claimed_until = 0,
                         ambiguous = CASE WHEN $6 = 1 THEN 1 ELSE ambiguous END,
                         next_attempt_at = CASE WHEN stop_reason IS NULL OR $8 = 1 THEN $7 ELSE $5 END
                  WHERE order_id = $1 AND status = $2",
@@ -364,7 +370,8 @@ async fn set(
     extra: &str,
 ) -> Result<bool, sqlx::Error> {
     let sql = format!(
-        "UPDATE payments SET status = $3, {column} = $4, attempts = attempts + 1, next_attempt_at = $5, updated_at = $5
+        "UPDATE payments SET status = $3, {column} = $4, attempts = attempts + 1, next_attempt_at = $5, updated_at = $5,
+                             claimed_until = 0
          WHERE order_id = $1 AND status = $2 {extra}"
     );
     let updated = sqlx::query(&sql)
@@ -404,6 +411,7 @@ mod tests {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
             poll: Duration::from_millis(100),
+            claim_lease: Duration::from_secs(30),
         };
         for _ in 0..50 {
             let first = backoff(0, settings);

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{self, ConsumerSettings, Handler, RetryPolicy};
+use crate::db::SingleReplica;
 use crate::http::{self, ScrapeHook};
 use crate::{kafka, outbox, retention, Db, Error, PlatformConfig};
 
@@ -38,6 +39,8 @@ pub struct App {
     consumers: Vec<consumer::Health>,
     http: TcpListener,
     scrape_hooks: Vec<ScrapeHook>,
+    /// Held until the database is closed (SQLite only).
+    single_replica: Option<SingleReplica>,
 }
 
 impl App {
@@ -47,6 +50,7 @@ impl App {
         config.validate().map_err(Error::Config)?;
         let url = config.database_url_for(service);
         let db = Db::connect(&url, config.database_max_connections, config.database_busy_timeout).await?;
+        let single_replica = SingleReplica::hold(&url)?;
         db.migrate(migrations).await?;
         let group = config.group_id_for(service);
         let (dlq, replay) = (events::topics::dead_letter(&group), events::topics::replay(&group));
@@ -73,6 +77,7 @@ impl App {
             consumers: Vec::new(),
             http,
             scrape_hooks: Vec::new(),
+            single_replica,
         };
         // Every service prunes its inbox and outbox; stopped with the workers.
         Ok(app.spawn("pruner", move |stop| retention::run(service, pruner_db, retention, stop)))
@@ -195,6 +200,7 @@ impl App {
         stop_http.cancel();
         let _ = http.await;
         self.db.close().await;
+        drop(self.single_replica);
         tracing::info!(service = self.service, "stopped");
         failure.map_or(Ok(()), Err)
     }

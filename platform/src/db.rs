@@ -97,9 +97,63 @@ impl Db {
     }
 }
 
-fn prepare_sqlite_url(url: &str) -> Result<String, Error> {
+/// The lock a service holds on its SQLite database for as long as it runs
+/// ([`SingleReplica::hold`]).
+#[derive(Debug)]
+pub struct SingleReplica {
+    _lock: std::fs::File,
+}
+
+impl SingleReplica {
+    /// SQLite is single-replica: a second process on the same file would relay
+    /// the same outbox rows and work the same queue, with nothing to share the
+    /// work out (PostgreSQL's row locks). So a service on SQLite locks
+    /// `<file>.lock` beside its database and refuses to start, naming the
+    /// holder, when another one has it. The lock is the kernel's (flock): it
+    /// goes with the process, SIGKILL included. `None` on PostgreSQL.
+    pub fn hold(url: &str) -> Result<Option<SingleReplica>, Error> {
+        if !url.starts_with("sqlite:") {
+            return Ok(None);
+        }
+        let path = format!("{}.lock", sqlite_path(url));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::Config(format!("cannot open {path}: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(Error::Config(format!(
+                    "another process (pid {}) already runs on {}: SQLite is single-replica; run replicas on \
+                     PostgreSQL (DATABASE_URL=postgres://...)",
+                    holder.trim(),
+                    sqlite_path(url)
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::Config(format!("cannot lock {path}: {e}"))),
+        }
+        use std::io::Write;
+        // For the message above; a stale pid from a dead holder is never read,
+        // since its lock died with it.
+        file.set_len(0)
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .map_err(|e| Error::Config(format!("cannot write {path}: {e}")))?;
+        Ok(Some(SingleReplica { _lock: file }))
+    }
+}
+
+/// The file of a `sqlite:` URL.
+fn sqlite_path(url: &str) -> &str {
     let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or_default();
+    path.split('?').next().unwrap_or_default()
+}
+
+fn prepare_sqlite_url(url: &str) -> Result<String, Error> {
+    let path = sqlite_path(url);
     if path.is_empty() || path == ":memory:" {
         return Err(Error::Config(format!(
             "`{url}`: a service database must be a file, since the inbox and outbox must survive restarts"

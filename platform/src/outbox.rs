@@ -4,6 +4,10 @@
 //! without its state change. The [`relay`] publishes committed rows with the
 //! idempotent producer, in commit order (the `seq` column, see `next_seq`), and
 //! marks them sent once the broker acknowledged them (see `rows_to_mark`).
+//!
+//! Replicas of a service share one PostgreSQL database and so one outbox: one
+//! relay at a time holds the outbox (see `hold_outbox`) and publishes every
+//! replica's rows, so each row is published once and a key's rows stay in order.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use events::{Envelope, Message};
 use futures::future::join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use sqlx::{Any, AnyConnection, Row};
+use sqlx::{Any, AnyConnection, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +26,9 @@ use crate::kafka::HeaderList;
 
 /// Rows published per relay round.
 const BATCH: i64 = 500;
+
+/// How soon a relay looks again after finding the outbox held by another replica.
+const BUSY_RETRY: Duration = Duration::from_millis(10);
 
 /// A unit of work: one database transaction plus the events it emits.
 pub struct Tx {
@@ -178,13 +185,13 @@ struct OutboxRow {
 }
 
 /// Unsent rows, in commit order.
-async fn unsent(db: &Db) -> Result<Vec<OutboxRow>, sqlx::Error> {
+async fn unsent(conn: &mut AnyConnection) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT event_id, topic, message_key, envelope, headers FROM outbox
          WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
     )
     .bind(BATCH)
-    .fetch_all(db.pool())
+    .fetch_all(conn)
     .await?;
     rows.iter()
         .map(|row| {
@@ -220,7 +227,7 @@ fn rows_to_mark(batch: &[(&str, &str, bool)]) -> Vec<usize> {
     mark
 }
 
-async fn mark_sent(db: &Db, ids: &[&str]) -> Result<(), sqlx::Error> {
+async fn mark_sent(conn: &mut AnyConnection, ids: &[&str]) -> Result<(), sqlx::Error> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -230,7 +237,7 @@ async fn mark_sent(db: &Db, ids: &[&str]) -> Result<(), sqlx::Error> {
     for id in ids {
         query = query.bind(*id);
     }
-    query.execute(db.writer()).await?;
+    query.execute(conn).await?;
     Ok(())
 }
 
@@ -246,11 +253,66 @@ pub async fn backlog_and_oldest(db: &Db) -> Result<(i64, Option<i64>), sqlx::Err
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
-/// Publishes one batch; returns how many rows were sent.
-async fn publish_batch(service: &'static str, db: &Db, producer: &FutureProducer) -> Result<usize, String> {
-    let rows = unsent(db).await.map_err(|e| format!("reading outbox: {e}"))?;
+/// The advisory lock (PostgreSQL) a relay holds while it publishes: the word
+/// "outbox" in ASCII. Each service has a database of its own, so one number
+/// serves them all.
+const OUTBOX_LOCK: i64 = 0x6f75_7462_6f78;
+
+/// What a relay round came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Round {
+    /// This many rows were published and marked sent.
+    Sent(usize),
+    /// Another replica holds the outbox and publishes these rows too.
+    Busy,
+}
+
+/// On PostgreSQL, a transaction holding the outbox for this round, or `None`
+/// when another replica holds it. The lock is a transaction-level advisory lock:
+/// it is released when the round commits, and also when the replica dies in the
+/// middle (its connection closes and the transaction aborts, rows unmarked), so
+/// no lease has to expire before another replica takes over. Two relays reading
+/// the same rows at once would each publish them, and one could send a key's
+/// newer row before the other sent its older one.
+async fn hold_outbox(db: &Db) -> Result<Option<Transaction<'static, Any>>, sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
+    let held: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(OUTBOX_LOCK).fetch_one(&mut *tx).await?;
+    Ok(held.then_some(tx))
+}
+
+/// Publishes one batch.
+async fn publish_batch(service: &'static str, db: &Db, producer: &FutureProducer) -> Result<Round, String> {
+    if db.is_sqlite() {
+        // SQLite is single-replica (see `App::build`): nothing to hold, and the
+        // one write connection stays free for handlers while the batch is out.
+        let mut read = db.pool().acquire().await.map_err(|e| format!("reading outbox: {e}"))?;
+        let rows = unsent(&mut read).await.map_err(|e| format!("reading outbox: {e}"))?;
+        drop(read);
+        let (sent, outcome) = publish_rows(service, &rows, producer).await;
+        let mut write = db.writer().acquire().await.map_err(|e| format!("marking outbox rows sent: {e}"))?;
+        mark_sent(&mut write, &sent).await.map_err(|e| format!("marking outbox rows sent: {e}"))?;
+        return outcome.map(Round::Sent);
+    }
+    let Some(mut tx) = hold_outbox(db).await.map_err(|e| format!("holding the outbox: {e}"))? else {
+        return Ok(Round::Busy);
+    };
+    let rows = unsent(&mut tx).await.map_err(|e| format!("reading outbox: {e}"))?;
+    let (sent, outcome) = publish_rows(service, &rows, producer).await;
+    mark_sent(&mut tx, &sent).await.map_err(|e| format!("marking outbox rows sent: {e}"))?;
+    tx.commit().await.map_err(|e| format!("marking outbox rows sent: {e}"))?;
+    outcome.map(Round::Sent)
+}
+
+/// Publishes `rows`; returns the ids to mark sent, and how many they are or
+/// what failed.
+async fn publish_rows<'r>(
+    service: &'static str,
+    rows: &'r [OutboxRow],
+    producer: &FutureProducer,
+) -> (Vec<&'r str>, Result<usize, String>) {
     if rows.is_empty() {
-        return Ok(0);
+        return (Vec::new(), Ok(0));
     }
     // Enqueue in order and await together: the idempotent producer keeps
     // per-partition order while the whole batch shares round trips.
@@ -274,14 +336,14 @@ async fn publish_batch(service: &'static str, db: &Db, producer: &FutureProducer
         outcomes.push((row.topic.as_str(), row.key.as_str(), result.is_ok()));
     }
     let sent: Vec<&str> = rows_to_mark(&outcomes).into_iter().map(|i| rows[i].event_id.as_str()).collect();
-    mark_sent(db, &sent).await.map_err(|e| format!("marking outbox rows sent: {e}"))?;
-    match failure {
+    let outcome = match failure {
         Some(failure) => {
             let held = outcomes.iter().filter(|(_, _, delivered)| *delivered).count() - sent.len();
             Err(format!("{failure} ({held} delivered rows behind it on its key are sent again)"))
         }
         None => Ok(sent.len()),
-    }
+    };
+    (sent, outcome)
 }
 
 /// The outbox relay: wakes when a transaction committed events, and also polls,
@@ -298,8 +360,17 @@ pub async fn relay(
     let mut failures = 0u32;
     loop {
         match publish_batch(service, &db, &producer).await {
-            Ok(n) if n as i64 == BATCH => continue,
-            Ok(_) => failures = 0,
+            Ok(Round::Sent(n)) if n as i64 == BATCH => continue,
+            Ok(Round::Sent(_)) => failures = 0,
+            // The replica holding the outbox read its batch before our rows
+            // may have committed, and then waits for its own wake-up: look
+            // again shortly rather than after a whole poll interval.
+            Ok(Round::Busy) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(BUSY_RETRY.min(poll)) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
             Err(error) => {
                 failures += 1;
                 tracing::warn!(%error, failures, "outbox relay: will retry");
@@ -318,8 +389,9 @@ pub async fn relay(
     }
     // Final drain: whatever committed before shutdown goes out now, bounded so a
     // dead broker cannot hold the process (the rows stay for the next start).
+    // Rows another replica holds are its to send.
     let drain = async {
-        while let Ok(n) = publish_batch(service, &db, &producer).await {
+        while let Ok(Round::Sent(n)) = publish_batch(service, &db, &producer).await {
             if n == 0 {
                 break;
             }

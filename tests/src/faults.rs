@@ -26,7 +26,7 @@ use sqlx::Row;
 
 use crate::processes::{build_binaries, ProcessStack, Profile};
 use crate::stack::SERVICES;
-use crate::{Broker, BrokerKind, Databases, Target};
+use crate::{Backend, Broker, BrokerKind, BrokerStorage, Databases, Target};
 
 /// Which consumer groups read each input topic, hence which dead-letter topics
 /// a poison message on it must reach.
@@ -50,6 +50,12 @@ pub enum Faults {
     /// into the load, SIGKILL the node leading order.events/0, restart it with
     /// its data halfway through. Nothing else goes wrong.
     BrokerFailover,
+    /// `FaultPlan::replicas` processes of every service on one PostgreSQL
+    /// database each. The first half of the load runs without faults, and there
+    /// every outbox row must reach its topic once and the gateway get one call
+    /// per payment attempt; then a random replica of a random service is
+    /// SIGKILLed every 1.5-4 s and started again 0.2-1.5 s later.
+    ReplicaKills,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +71,8 @@ pub struct FaultPlan {
     /// units each, from 50 users, all declared confirmable.
     pub scarce: Option<usize>,
     pub profile: Profile,
+    /// Processes per service (more than one on PostgreSQL only).
+    pub replicas: usize,
 }
 
 impl FaultPlan {
@@ -77,6 +85,7 @@ impl FaultPlan {
             rate: 8.0,
             scarce: None,
             profile: Profile::Debug,
+            replicas: 1,
         }
     }
 }
@@ -89,6 +98,9 @@ pub struct Report {
     pub timeline: Vec<String>,
     pub orders: BTreeMap<String, usize>,
     pub invariants: Vec<(String, usize, Vec<String>)>,
+    /// When the first fault of a plan that starts fault-free struck (ms since
+    /// the epoch, the envelopes' clock).
+    pub faults_from_ms: Option<i64>,
 }
 
 impl Report {
@@ -136,7 +148,9 @@ async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &[u8], h
     producer.send(record, Timeout::After(Duration::from_secs(60))).await.is_ok()
 }
 
-async fn publish(producer: &FutureProducer, message: impl Into<Message>) -> bool {
+/// Publishes `message` as a client would (its topic, its key, the headers);
+/// whether the broker acknowledged it.
+pub async fn publish(producer: &FutureProducer, message: impl Into<Message>) -> bool {
     let envelope = Envelope::new(message, "fault-suite");
     let headers = HeaderList::for_envelope(&envelope, None);
     send(producer, envelope.topic(), envelope.key(), &envelope.to_json(), &headers).await
@@ -161,6 +175,16 @@ pub async fn run(plan: &FaultPlan) -> Report {
             let mut env = env;
             env.push(("TOPIC_REPLICATION".to_owned(), "3".to_owned()));
             ProcessStack::start_on(broker, dbs, build_binaries(plan.profile), env).await
+        }
+        Faults::ReplicaKills => {
+            assert_eq!(plan.target.backend, Backend::Postgres, "replicas share a PostgreSQL database");
+            let dbs = Databases::new(plan.target.backend);
+            let broker = Broker::start(plan.target.broker, dbs.dir(), BrokerStorage::Durable).await;
+            let mut env = env;
+            // Relays looking often make two of them reading the same rows likely,
+            // were the outbox not held by one at a time.
+            env.push(("OUTBOX_POLL_INTERVAL".to_owned(), "20ms".to_owned()));
+            ProcessStack::start_replicated(broker, dbs, build_binaries(plan.profile), env, plan.replicas).await
         }
     };
     let producer = platform::kafka::producer(&stack.broker.addr).expect("producer");
@@ -199,15 +223,23 @@ pub async fn run(plan: &FaultPlan) -> Report {
         Faults::BrokerFailover => {
             tokio::join!(load, fail_over(&mut stack, plan.duration, &mut report));
         }
+        Faults::ReplicaKills => {
+            // Calls that take a while give a second worker time to take the
+            // same payment, were it not claimed.
+            set_gateway(&http, &stack.gateway_url, Mode::Slow, 300).await;
+            tokio::join!(load, kill_replicas(&mut stack, &mut rng, plan.duration, &mut report));
+        }
     }
 
     // Quiesce: gateway healthy, everyone running, then wait for the saga to settle.
     set_gateway(&http, &stack.gateway_url, Mode::Healthy, 0).await;
     for service in SERVICES {
-        if !stack.alive(service) {
-            // Nothing in the schedule leaves a service down: it exited by itself.
-            report.timeline.push(format!("{service} found exited at quiesce; restarted"));
-            stack.start_service(service).await;
+        for replica in 0..stack.replicas {
+            if !stack.replica_alive(service, replica) {
+                // Nothing in the schedule leaves a service down: it exited by itself.
+                report.timeline.push(format!("{service} replica {} found exited at quiesce; restarted", replica + 1));
+                stack.start_replica(service, replica, &[]).await;
+            }
         }
     }
     let sent = std::mem::take(&mut *lock(&sent));
@@ -221,6 +253,11 @@ pub async fn run(plan: &FaultPlan) -> Report {
             break;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if let Some(faults_from) = report.faults_from_ms {
+        let (invariants, summary) = once_before(&stack, &http, faults_from - CUT_MARGIN_MS).await;
+        report.invariants.extend(invariants);
+        report.timeline.push(summary);
     }
     // Each service log, read once: the stalls its consumer reported always;
     // on failure, a copy kept and the tail printed after the verdict (CI keeps
@@ -356,7 +393,7 @@ async fn generate_load(
     }
 }
 
-async fn set_gateway(http: &reqwest::Client, url: &str, mode: Mode, latency_ms: u64) {
+pub async fn set_gateway(http: &reqwest::Client, url: &str, mode: Mode, latency_ms: u64) {
     let _ = http.put(format!("{url}/control")).json(&Control { mode, latency_ms }).send().await;
 }
 
@@ -381,6 +418,87 @@ async fn fail_over(stack: &mut ProcessStack, duration: Duration, report: &mut Re
     let at = started.elapsed().as_secs_f64();
     report.timeline.push(format!("{at:.1}s broker node {} restarted with its data", leader + 1));
     *report.faults.entry("broker node restart").or_default() += 1;
+}
+
+/// The episode of [`Faults::ReplicaKills`]: half of `duration` without faults,
+/// then replica SIGKILLs until its end.
+async fn kill_replicas(stack: &mut ProcessStack, rng: &mut fastrand::Rng, duration: Duration, report: &mut Report) {
+    let started = Instant::now();
+    tokio::time::sleep(duration / 2).await;
+    report.faults_from_ms = Some(platform::db::now_ms());
+    while started.elapsed() < duration {
+        let service = SERVICES[rng.usize(..SERVICES.len())];
+        let replica = rng.usize(..stack.replicas);
+        stack.kill_replica(service, replica);
+        let at = started.elapsed().as_secs_f64();
+        report.timeline.push(format!("{at:.1}s SIGKILL {service} replica {}", replica + 1));
+        tokio::time::sleep(Duration::from_millis(rng.u64(200..1500))).await;
+        stack.start_replica(service, replica, &[]).await;
+        *report.faults.entry("replica SIGKILL + restart").or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(rng.u64(1500..4000))).await;
+    }
+}
+
+/// Events that occurred this long before the first fault were published long
+/// before it (the relay takes milliseconds), so a fault cannot excuse a repeat.
+const CUT_MARGIN_MS: i64 = 2_000;
+
+/// The fault-free part of a run, everything that occurred before `cut_ms`:
+/// each event the services emitted is on its topic once (one relay published
+/// it), and each charge that went through at its first attempt (no
+/// PaymentDeferred) reached the gateway once (one worker made it). Also a line
+/// counting the repeats after the cut, which a kill between the broker's ack
+/// and the relay's commit explains.
+async fn once_before(stack: &ProcessStack, http: &reqwest::Client, cut_ms: i64) -> (Vec<Invariant>, String) {
+    let mut published: HashMap<String, (usize, i64)> = HashMap::new();
+    let mut first_attempt: BTreeSet<String> = BTreeSet::new();
+    let mut deferred: BTreeSet<String> = BTreeSet::new();
+    for topic in events::topics::ALL.iter().filter(|t| t.ends_with(".events")) {
+        for record in crate::stack::read_topic_at(&stack.broker.addr, topic).await {
+            let Ok(envelope) = Envelope::from_json(record.payload().unwrap_or_default()) else { continue };
+            let occurred = envelope.occurred_at_ms().unwrap_or(i64::MAX);
+            let seen = published.entry(envelope.event_id.to_string()).or_insert((0, occurred));
+            seen.0 += 1;
+            match &envelope.message {
+                Message::PaymentAuthorized(paid) if occurred < cut_ms => {
+                    first_attempt.insert(paid.order_id.clone());
+                }
+                Message::PaymentDeclined(declined) if occurred < cut_ms => {
+                    first_attempt.insert(declined.order_id.clone());
+                }
+                Message::PaymentDeferred(later) => {
+                    deferred.insert(later.order_id.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    let before: Vec<(&String, &(usize, i64))> = published.iter().filter(|(_, (_, at))| *at < cut_ms).collect();
+    let repeated: Vec<String> =
+        before.iter().filter(|(_, (n, _))| *n > 1).map(|(id, (n, _))| format!("{id} published {n} times")).collect();
+    let repeats_after = published.values().filter(|(n, at)| *at >= cut_ms && *n > 1).count();
+    let ledger: Ledger = match http.get(format!("{}/ledger", stack.gateway_url)).send().await {
+        Ok(response) => response.json().await.unwrap_or_default(),
+        Err(_) => Ledger::default(),
+    };
+    let charges: Vec<&String> = first_attempt.difference(&deferred).collect();
+    let called_again: Vec<String> = charges
+        .iter()
+        .filter_map(|order| {
+            let calls = ledger.charges.get(*order).map_or(0, |c| c.calls);
+            (calls > 1).then(|| format!("{order}: {calls} charge calls"))
+        })
+        .collect();
+    let summary = format!(
+        "{} events before the first fault, {} after it; {repeats_after} of those after it published more than once",
+        before.len(),
+        published.len() - before.len()
+    );
+    let invariants = vec![
+        ("fault-free: each event published once".to_owned(), before.len(), repeated),
+        ("fault-free: one gateway call per first-attempt charge".to_owned(), charges.len(), called_again),
+    ];
+    (invariants, summary)
 }
 
 /// Injects one fault every 1.5–4 s until `deadline`, chosen by the seeded `rng`.

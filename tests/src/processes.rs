@@ -1,7 +1,8 @@
 //! The system as separate OS processes: the real binaries (six services and the
 //! gateway simulator), configured through the environment exactly as an operator
 //! would, against a durable broker. Used where in-process services
-//! cannot tell the truth: SIGKILL, restarts, and per-service memory.
+//! cannot tell the truth: SIGKILL, restarts, per-service memory, and several
+//! replicas of a service on one database.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,8 +40,11 @@ pub struct ProcessStack {
     pub gateway_url: String,
     bin_dir: PathBuf,
     gateway: Option<Child>,
-    services: HashMap<&'static str, Child>,
-    http: HashMap<&'static str, u16>,
+    /// By service and replica (0-based).
+    services: HashMap<(&'static str, usize), Child>,
+    http: HashMap<(&'static str, usize), u16>,
+    /// Replicas of every service ([`ProcessStack::start_replicated`]).
+    pub replicas: usize,
     /// Extra environment for every service (e.g. retry or deadline settings).
     pub env: Vec<(String, String)>,
     logs: PathBuf,
@@ -73,6 +77,18 @@ impl ProcessStack {
         bin_dir: PathBuf,
         env: Vec<(String, String)>,
     ) -> ProcessStack {
+        ProcessStack::start_replicated(broker, dbs, bin_dir, env, 1).await
+    }
+
+    /// `replicas` processes of every service, sharing each service's database
+    /// (PostgreSQL: SQLite is single-replica) and consumer group.
+    pub async fn start_replicated(
+        broker: Broker,
+        dbs: Databases,
+        bin_dir: PathBuf,
+        env: Vec<(String, String)>,
+        replicas: usize,
+    ) -> ProcessStack {
         let logs = dbs.dir().join("logs");
         std::fs::create_dir_all(&logs).expect("log dir");
         let gateway_port = free_port();
@@ -84,12 +100,15 @@ impl ProcessStack {
             gateway: None,
             services: HashMap::new(),
             http: HashMap::new(),
+            replicas,
             env,
             logs,
         };
         stack.start_gateway();
-        for service in SERVICES {
-            stack.start_service(service).await;
+        for replica in 0..replicas {
+            for service in SERVICES {
+                stack.start_replica(service, replica, &[]).await;
+            }
         }
         stack
     }
@@ -125,13 +144,20 @@ impl ProcessStack {
 
     /// Starts `service` as a process and waits until it answers /readyz.
     pub async fn start_service(&mut self, service: &'static str) {
-        self.start_service_with(service, &[]).await;
+        self.start_replica(service, 0, &[]).await;
     }
 
     /// Like [`ProcessStack::start_service`], with extra environment for this start only.
     pub async fn start_service_with(&mut self, service: &'static str, extra: &[(&str, &str)]) {
+        self.start_replica(service, 0, extra).await;
+    }
+
+    /// Starts replica `replica` of `service` (its own HTTP port and group
+    /// instance id), with extra environment for this start only.
+    pub async fn start_replica(&mut self, service: &'static str, replica: usize, extra: &[(&str, &str)]) {
         let database_url = self.dbs.url_for(service).await;
-        let port = *self.http.entry(service).or_insert_with(free_port);
+        let port = *self.http.entry((service, replica)).or_insert_with(free_port);
+        let name = if replica == 0 { service.to_owned() } else { format!("{service}-{}", replica + 1) };
         let mut command = Command::new(self.bin_dir.join(service));
         command
             .env("KAFKA_BROKERS", &self.broker.addr)
@@ -140,49 +166,62 @@ impl ProcessStack {
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("PAYMENT_GATEWAY_URL", &self.gateway_url)
             .env("DATABASE_MAX_CONNECTIONS", "4")
-            .env("GROUP_INSTANCE_ID", format!("{service}-1"))
+            .env("GROUP_INSTANCE_ID", format!("{service}-{}", replica + 1))
             .env("RUST_LOG", std::env::var("SERVICE_LOG").unwrap_or_else(|_| "info,librdkafka=off,rdkafka=off".into()))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra.iter().copied())
-            .stdout(self.log_file(service))
-            .stderr(self.log_file(service));
-        let child = command.spawn().unwrap_or_else(|e| panic!("start {service}: {e}"));
-        let child = self.services.entry(service).insert_entry(child).into_mut();
+            .stdout(self.log_file(&name))
+            .stderr(self.log_file(&name));
+        let child = command.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let child = self.services.entry((service, replica)).insert_entry(child).into_mut();
         let url = format!("http://127.0.0.1:{port}/readyz");
         if let Some(status) = tokio::task::block_in_place(|| wait_http(&url, child)) {
             // With extra settings (a chaos start, say) exiting early can be the
             // point; the caller looks. Otherwise it is a failure to start.
-            assert!(!extra.is_empty(), "{service} exited during start-up ({status})");
+            assert!(!extra.is_empty(), "{name} exited during start-up ({status})");
         }
     }
 
-    pub fn pid(&self, service: &str) -> Option<u32> {
-        self.services.get(service).map(Child::id)
+    /// The process of `service` (its first replica).
+    pub fn pid(&self, service: &'static str) -> Option<u32> {
+        self.services.get(&(service, 0)).map(Child::id)
     }
 
     /// SIGKILL: no shutdown, no flush, no final commit.
-    pub fn kill(&mut self, service: &str) {
-        if let Some(mut child) = self.services.remove(service) {
+    pub fn kill(&mut self, service: &'static str) {
+        self.kill_replica(service, 0);
+    }
+
+    /// SIGKILL of one replica.
+    pub fn kill_replica(&mut self, service: &'static str, replica: usize) {
+        if let Some(mut child) = self.services.remove(&(service, replica)) {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
     /// SIGTERM and wait: the graceful path.
-    pub fn terminate(&mut self, service: &str) {
-        if let Some(mut child) = self.services.remove(service) {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-            let _ = child.wait();
+    pub fn terminate(&mut self, service: &'static str) {
+        for replica in 0..self.replicas {
+            if let Some(mut child) = self.services.remove(&(service, replica)) {
+                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                let _ = child.wait();
+            }
         }
     }
 
-    /// Whether `service` is still running (it exits on purpose in crash tests).
-    pub fn alive(&mut self, service: &str) -> bool {
-        self.services.get_mut(service).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    /// Whether `service` (its first replica) is still running (it exits on
+    /// purpose in crash tests).
+    pub fn alive(&mut self, service: &'static str) -> bool {
+        self.replica_alive(service, 0)
+    }
+
+    pub fn replica_alive(&mut self, service: &'static str, replica: usize) -> bool {
+        self.services.get_mut(&(service, replica)).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Peak resident memory (VmHWM) of a running service, in kB.
-    pub fn peak_rss_kb(&self, service: &str) -> Option<u64> {
+    pub fn peak_rss_kb(&self, service: &'static str) -> Option<u64> {
         let pid = self.pid(service)?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         status
@@ -192,8 +231,8 @@ impl ProcessStack {
             .and_then(|v| v.parse().ok())
     }
 
-    pub fn http_port(&self, service: &str) -> Option<u16> {
-        self.http.get(service).copied()
+    pub fn http_port(&self, service: &'static str) -> Option<u16> {
+        self.http.get(&(service, 0)).copied()
     }
 
     /// Stops everything gracefully.

@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo run --release -p saga-tests --bin saga-faults -- --duration 10m --backend both --broker both
 //! cargo run --release -p saga-tests --bin saga-faults -- --failover --duration 3m   # three Kafka nodes
+//! cargo run --release -p saga-tests --bin saga-faults -- --replicas 3 --backend postgres   # replica SIGKILLs
 //! cargo run --release -p saga-tests --bin saga-faults -- --seed 42      # repeat a schedule
 //! ```
 //!
@@ -33,6 +34,11 @@ struct Args {
     /// saga's partitions is SIGKILLed and restarted under load.
     #[arg(long)]
     failover: bool,
+    /// Instead of mixed faults: this many replicas of every service (PostgreSQL),
+    /// half the run fault-free (each event published once, each charge called
+    /// once), then replicas SIGKILLed and restarted.
+    #[arg(long, conflicts_with = "failover", value_parser = clap::value_parser!(u16).range(2..))]
+    replicas: Option<u16>,
     /// How long orders and faults are injected.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -51,6 +57,10 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    if args.replicas.is_some() && args.backend != "postgres" {
+        eprintln!("saga-faults: --replicas needs --backend postgres (SQLite is single-replica)");
+        return ExitCode::from(2);
+    }
     let backends = match args.backend.as_str() {
         "postgres" => vec![Backend::Postgres],
         "both" => vec![Backend::Sqlite, Backend::Postgres],
@@ -67,11 +77,16 @@ async fn main() -> ExitCode {
         let plan = FaultPlan {
             seed,
             target,
-            faults: if args.failover { Faults::BrokerFailover } else { Faults::Mixed },
+            faults: match (args.failover, args.replicas) {
+                (true, _) => Faults::BrokerFailover,
+                (false, Some(_)) => Faults::ReplicaKills,
+                (false, None) => Faults::Mixed,
+            },
             duration: args.duration,
             rate: args.rate,
             scarce: args.scarce,
             profile: if args.debug { Profile::Debug } else { Profile::Release },
+            replicas: args.replicas.map_or(1, usize::from),
         };
         let report = faults::run(&plan).await;
         if let Some(expected) = args.scarce.map(|n| n.min(300)) {
