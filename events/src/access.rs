@@ -14,7 +14,8 @@
 //!
 //! The operator (shopctl, principal [`OPERATOR`]) writes the commands topics and
 //! the replay topics (DLQ replay), reads and creates every topic, and may look
-//! at the services' groups' offsets. Nobody else writes a service's events.
+//! at the services' groups' offsets and use its own reader groups
+//! ([`OPERATOR_GROUP_PREFIX`]). Nobody else writes a service's events.
 
 use crate::topics;
 
@@ -69,10 +70,17 @@ pub const NOTIFICATION_SVC: ServiceAccess = ServiceAccess {
 };
 
 /// Every service, in the order the saga meets them.
-pub const SERVICES: &[ServiceAccess] = &[USER_SVC, PRODUCT_SVC, ORDER_SVC, INVENTORY_SVC, PAYMENT_SVC, NOTIFICATION_SVC];
+pub const SERVICES: &[ServiceAccess] =
+    &[USER_SVC, PRODUCT_SVC, ORDER_SVC, INVENTORY_SVC, PAYMENT_SVC, NOTIFICATION_SVC];
 
 /// The principal of shopctl, the operator's tool.
 pub const OPERATOR: &str = "operator";
+
+/// The consumer groups of the operator's readers (`shopctl order timeline`,
+/// `dlq list`, ...) start with this. They assign partitions by hand and never
+/// commit, but librdkafka still looks up their group's coordinator, which
+/// takes Describe on the group.
+pub const OPERATOR_GROUP_PREFIX: &str = "shopctl-";
 
 /// A service's rights by name.
 pub fn service(name: &str) -> Option<&'static ServiceAccess> {
@@ -154,6 +162,11 @@ pub fn acl_commands() -> Vec<Vec<String>> {
     commands.push(grant(OPERATOR, &["Read", "Create"], &every_topic));
     let groups: Vec<(&str, String)> = SERVICES.iter().map(|s| ("group", s.service.to_owned())).collect();
     commands.push(grant(OPERATOR, &["Describe"], &groups));
+    let mut readers = vec!["--resource-pattern-type".to_owned(), "prefixed".to_owned()];
+    readers.extend(grant(OPERATOR, &["Describe"], &[("group", OPERATOR_GROUP_PREFIX.to_owned())]));
+    // `--add` first, as on every other line.
+    readers.rotate_left(2);
+    commands.push(readers);
     commands
 }
 
@@ -197,6 +210,6 @@ mod tests {
             }
             assert!(!line.contains('*'), "no wildcards: {line}");
         }
-        assert_eq!(commands.len(), SERVICES.len() * 2 + 3);
+        assert_eq!(commands.len(), SERVICES.len() * 2 + 4);
     }
 }

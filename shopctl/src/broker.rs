@@ -40,9 +40,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.context("background broker call failed")
 }
 
-/// A group id that is never joined nor committed: librdkafka wants one.
+/// A group id that is never joined nor committed: librdkafka wants one. Its
+/// prefix is the one the operator's ACLs allow (`events::access`).
 fn throwaway_group() -> String {
-    format!("shopctl-{}", uuid::Uuid::now_v7().simple())
+    format!("{}{}", events::access::OPERATOR_GROUP_PREFIX, uuid::Uuid::now_v7().simple())
 }
 
 impl Broker {
@@ -57,7 +58,8 @@ impl Broker {
             .create()
             .with_context(|| format!("cannot create a Kafka client for `{addr}`"))?;
         let principal = kafka.principal().to_owned();
-        let mut broker = Broker { addr: addr.clone(), kafka, timeout, client: Arc::new(client), topics: BTreeMap::new() };
+        let mut broker =
+            Broker { addr: addr.clone(), kafka, timeout, client: Arc::new(client), topics: BTreeMap::new() };
         broker.refresh().await.map_err(|error| {
             let reason = match error.downcast_ref::<KafkaError>().and_then(KafkaError::rdkafka_error_code) {
                 Some(code) => code.to_string(),
@@ -146,7 +148,9 @@ pub struct GroupOffsets {
 
 impl GroupOffsets {
     pub fn new(broker: &Broker, group: &str) -> Result<GroupOffsets> {
-        let client: BaseConsumer = broker.kafka.client_config()
+        let client: BaseConsumer = broker
+            .kafka
+            .client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
@@ -330,7 +334,9 @@ impl Reader {
     }
 
     fn consumer(broker: &Broker) -> Result<StreamConsumer> {
-        broker.kafka.client_config()
+        broker
+            .kafka
+            .client_config()
             .set("group.id", throwaway_group())
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

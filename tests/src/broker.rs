@@ -89,7 +89,8 @@ fn repo() -> PathBuf {
 /// deploy/kafka/secrets.sh into `dir`: a CA, the broker's and the admin's
 /// certificates, and a password per principal.
 pub fn make_secrets(dir: &Path) -> PathBuf {
-    let output = Command::new(repo().join("deploy/kafka/secrets.sh")).arg(dir).output().expect("deploy/kafka/secrets.sh");
+    let output =
+        Command::new(repo().join("deploy/kafka/secrets.sh")).arg(dir).output().expect("deploy/kafka/secrets.sh");
     assert!(output.status.success(), "deploy/kafka/secrets.sh failed: {}", String::from_utf8_lossy(&output.stderr));
     dir.canonicalize().expect("the secrets directory")
 }
@@ -451,7 +452,9 @@ impl Broker {
                     .env("KAFKA_VOTERS", &self.voters)
                     .env("KAFKA_CLUSTER_ID", &self.cluster_id);
                 if let Some(secure) = &self.secure {
-                    command.env("KAFKA_SECRETS", &secure.secrets).env("KAFKA_BROKER_PORT", secure.broker_port.to_string());
+                    command
+                        .env("KAFKA_SECRETS", &secure.secrets)
+                        .env("KAFKA_BROKER_PORT", secure.broker_port.to_string());
                 }
                 // Nodes past the third are brokers only.
                 if node.node_id > 3 {

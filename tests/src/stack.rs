@@ -384,7 +384,9 @@ pub async fn read_topic_at(brokers: impl Into<platform::kafka::Connection>, topi
 fn read_topic_blocking(connection: &platform::kafka::Connection, topic: &str) -> Vec<OwnedMessage> {
     let timeout = Duration::from_secs(10);
     let mut config = connection.client_config();
-    config.set("group.id", "saga-tests-reader").set("enable.auto.commit", "false");
+    // A reader group of the operator's kind, which its ACLs allow on a secure broker.
+    let group = format!("{}saga-tests-reader", events::access::OPERATOR_GROUP_PREFIX);
+    config.set("group.id", group).set("enable.auto.commit", "false");
     let consumer: BaseConsumer = config.create().expect("reader");
     let metadata = consumer.fetch_metadata(Some(topic), timeout).expect("metadata");
     let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();

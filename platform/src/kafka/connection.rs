@@ -30,6 +30,7 @@ pub enum SecurityProtocol {
     #[default]
     Plaintext,
     /// SCRAM-SHA-512 over TLS (staging and its tests).
+    #[value(name = "sasl_ssl")]
     SaslSsl,
 }
 
@@ -73,6 +74,7 @@ pub struct KafkaSecurityArgs {
         long = "kafka-security-protocol",
         env = "KAFKA_SECURITY_PROTOCOL",
         value_enum,
+        ignore_case = true,
         default_value = "plaintext",
         global = true
     )]
@@ -149,20 +151,17 @@ impl KafkaSecurityArgs {
                         "KAFKA_SECURITY_PROTOCOL=sasl_ssl needs KAFKA_SASL_USERNAME (the principal to authenticate as)",
                     )
                 })?;
-                let password = match (&self.password, &self.password_file) {
-                    (Some(_), Some(_)) => {
-                        return Err(config_error(
-                            "set KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both",
-                        ))
-                    }
-                    (Some(password), None) => password.clone(),
-                    (None, Some(file)) => read_password(file)?,
-                    (None, None) => {
-                        return Err(config_error(
+                let password =
+                    match (&self.password, &self.password_file) {
+                        (Some(_), Some(_)) => {
+                            return Err(config_error("set KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both"))
+                        }
+                        (Some(password), None) => password.clone(),
+                        (None, Some(file)) => read_password(file)?,
+                        (None, None) => return Err(config_error(
                             "KAFKA_SECURITY_PROTOCOL=sasl_ssl needs KAFKA_SASL_PASSWORD_FILE (or KAFKA_SASL_PASSWORD)",
-                        ))
-                    }
-                };
+                        )),
+                    };
                 if password.expose().is_empty() {
                     return Err(config_error(format!("the Kafka password of {username} is empty")));
                 }
@@ -190,9 +189,8 @@ fn config_error(message: impl Into<String>) -> Error {
 }
 
 fn read_password(file: &Path) -> Result<Secret, Error> {
-    let text = std::fs::read_to_string(file).map_err(|error| {
-        config_error(format!("cannot read KAFKA_SASL_PASSWORD_FILE {}: {error}", file.display()))
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|error| config_error(format!("cannot read KAFKA_SASL_PASSWORD_FILE {}: {error}", file.display())))?;
     // Editors and `echo` end files with a newline; a password never does.
     let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
     Ok(Secret::new(password))
@@ -360,7 +358,10 @@ mod tests {
         let mut args = sasl(dir.path());
         args.protocol = SecurityProtocol::Plaintext;
         let refused = error(&args);
-        assert!(refused.contains("KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE, KAFKA_SSL_CA_LOCATION set"), "{refused}");
+        assert!(
+            refused.contains("KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE, KAFKA_SSL_CA_LOCATION set"),
+            "{refused}"
+        );
 
         let plain = KafkaSecurityArgs::plaintext().connect("127.0.0.1:9092").expect("plaintext");
         assert_eq!(plain.client_config().get("security.protocol"), None);
