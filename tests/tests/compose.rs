@@ -45,7 +45,7 @@ fn read(relative: &str) -> String {
 
 /// Services that run once and exit (`restart: "no"`): no health check, and
 /// dependants wait for them with `service_completed_successfully`.
-const ONE_SHOT: &[&str] = &["topics", "cli"];
+const ONE_SHOT: &[&str] = &["kafka-setup", "topics", "cli"];
 
 /// Variables the programs read outside clap: tracing's EnvFilter reads RUST_LOG;
 /// every other `std::env::var("...")` in the shipped crates' sources must be
@@ -71,6 +71,14 @@ const KAFKA_MOUNTED_CONFIG: &str = "/mnt/shared/config/server.properties";
 
 /// The settings every Kafka of this project runs, mounted there.
 const KAFKA_SHARED_CONFIG: &str = "deploy/kafka/server.properties";
+
+/// The security settings every secure Kafka runs (the tests' secure broker
+/// appends the file); staging's node sets each as a KAFKA_* variable, since the
+/// image reads only one mounted server.properties.
+const KAFKA_SECURE_CONFIG: &str = "deploy/kafka/secure.properties";
+
+/// The grants of `shopctl acls`, as the kafka-setup job applies them.
+const KAFKA_ACLS: &str = "deploy/kafka/acls.txt";
 
 /// Properties of the shared file that the staging node may set again: they follow
 /// a compose variable (TOPIC_PARTITIONS).
@@ -134,6 +142,10 @@ struct Stack {
     staging_md: String,
     /// deploy/kafka/server.properties.
     kafka_shared: BTreeMap<String, String>,
+    /// deploy/kafka/secure.properties.
+    kafka_secure: BTreeMap<String, String>,
+    /// deploy/kafka/acls.txt.
+    kafka_acls: String,
     /// The Apache Kafka release whose jars scripts/kafka.sh runs in the tests.
     kafka_version: String,
 }
@@ -341,6 +353,8 @@ fn read_stack() -> Stack {
         configuration_md: read("docs/configuration.md"),
         staging_md: read("docs/staging.md"),
         kafka_shared: parse_properties(&read(KAFKA_SHARED_CONFIG)),
+        kafka_secure: parse_properties(&read(KAFKA_SECURE_CONFIG)),
+        kafka_acls: read(KAFKA_ACLS),
         kafka_version,
     }
 }
@@ -872,6 +886,74 @@ fn check_kafka(stack: &Stack) -> Vec<String> {
     problems
 }
 
+/// Kafka is secure in staging: the node runs deploy/kafka/secure.properties,
+/// every program authenticates over SASL_SSL as its own principal with its
+/// password from a compose secret, and the kafka-setup job grants what `shopctl
+/// acls` prints.
+fn check_kafka_security(stack: &Stack) -> Vec<String> {
+    let mut problems = Vec::new();
+    let settings = kafka_settings(stack);
+    for (key, value) in &stack.kafka_secure {
+        match settings.get(key) {
+            Some(theirs) if theirs == value => {}
+            theirs => problems.push(format!(
+                "kafka: {key} is {theirs:?} in compose, but {KAFKA_SECURE_CONFIG} (what the tests' secure broker runs) \
+                 says {value:?}"
+            )),
+        }
+    }
+    let protocols = settings.get("listener.security.protocol.map").cloned().unwrap_or_default();
+    for (name, _, _) in listeners(settings.get("listeners").map_or("", String::as_str)) {
+        let protocol = protocols.split(',').find_map(|entry| entry.strip_prefix(&format!("{name}:")));
+        if !matches!(protocol, Some("SASL_SSL" | "SSL")) {
+            problems.push(format!("kafka: listener {name} is {protocol:?}; staging has no plaintext listener"));
+        }
+    }
+    let declared: BTreeSet<String> =
+        stack.compose["secrets"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    for (name, service) in app_services(stack) {
+        let env = environment(&service);
+        if program(&service).as_deref() == Some("gateway-sim") {
+            continue;
+        }
+        let expected = if name.ends_with("-svc") { name.as_str() } else { events::access::OPERATOR };
+        if env.get("KAFKA_SECURITY_PROTOCOL").map(String::as_str) != Some("sasl_ssl") {
+            problems.push(format!("service {name}: KAFKA_SECURITY_PROTOCOL is not sasl_ssl"));
+        }
+        if env.get("KAFKA_SASL_USERNAME").map(String::as_str) != Some(expected) {
+            problems.push(format!(
+                "service {name}: KAFKA_SASL_USERNAME is {:?}; expected its own principal {expected}",
+                env.get("KAFKA_SASL_USERNAME")
+            ));
+        }
+        if env.contains_key("KAFKA_SASL_PASSWORD") {
+            problems.push(format!("service {name}: a password in the environment; use KAFKA_SASL_PASSWORD_FILE"));
+        }
+        let mounted: Vec<String> = service["secrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["source"].as_str().or(s.as_str()).map(str::to_owned))
+            .collect();
+        for var in ["KAFKA_SASL_PASSWORD_FILE", "KAFKA_SSL_CA_LOCATION"] {
+            let path = env.get(var).cloned().unwrap_or_default();
+            let secret = path.strip_prefix("/run/secrets/").unwrap_or_default();
+            if !declared.contains(secret) || !mounted.iter().any(|m| m == secret) {
+                problems.push(format!("service {name}: {var}={path:?} is no compose secret mounted in it"));
+            }
+        }
+        if env.get("KAFKA_SASL_PASSWORD_FILE").is_some_and(|p| !p.contains(&format!("kafka-{expected}-password"))) {
+            problems.push(format!("service {name}: KAFKA_SASL_PASSWORD_FILE is not {expected}'s password"));
+        }
+    }
+    let printed: Vec<String> = events::access::acl_commands().iter().map(|c| c.join(" ")).collect();
+    let committed: Vec<String> = stack.kafka_acls.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect();
+    if printed != committed {
+        problems.push(format!("{KAFKA_ACLS} is not what `shopctl acls` prints; regenerate it (shopctl acls > {KAFKA_ACLS})"));
+    }
+    problems
+}
+
 fn check_wiring(stack: &Stack) -> Vec<String> {
     let mut problems = Vec::new();
     let all = services(&stack.compose);
@@ -1278,6 +1360,7 @@ fn all_problems(stack: &Stack, code: &Code) -> Vec<String> {
     let mut problems = check_service_crates(stack, code);
     problems.extend(check_environment(stack, code));
     problems.extend(check_kafka(stack));
+    problems.extend(check_kafka_security(stack));
     problems.extend(check_wiring(stack));
     problems.extend(check_health_and_restart(stack));
     problems.extend(check_depends_on(stack));
@@ -1315,6 +1398,11 @@ fn every_service_crate_is_deployed_with_the_environment_its_config_reads() {
 #[test]
 fn kafka_runs_the_tests_release_and_their_shared_settings() {
     assert_no_problems("kafka", check_kafka(&load_stack()));
+}
+
+#[test]
+fn kafka_is_secure_with_a_principal_per_service_and_the_acls_of_shopctl() {
+    assert_no_problems("kafka security", check_kafka_security(&load_stack()));
 }
 
 #[test]
@@ -1457,9 +1545,28 @@ fn checks_catch_broken_stacks() {
         ("data off the volume", "is not a named volume's mount point", |s, _| {
             s.compose["services"]["kafka"]["environment"]["KAFKA_LOG_DIRS"] = json!("/tmp/kraft-combined-logs");
         }),
+        ("a plaintext listener", "staging has no plaintext listener", |s, _| {
+            s.compose["services"]["kafka"]["environment"]["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] =
+                json!("INTERNAL:PLAINTEXT,EXTERNAL:SASL_SSL,BROKER:SSL,CONTROLLER:SSL");
+        }),
+        ("no authorizer", "authorizer.class.name", |s, _| {
+            s.compose["services"]["kafka"]["environment"].as_object_mut().expect("map").remove("KAFKA_AUTHORIZER_CLASS_NAME");
+        }),
+        ("a shared principal", "expected its own principal order-svc", |s, _| {
+            s.compose["services"]["order-svc"]["environment"]["KAFKA_SASL_USERNAME"] = json!("payment-svc");
+        }),
+        ("a password in the environment", "use KAFKA_SASL_PASSWORD_FILE", |s, _| {
+            s.compose["services"]["user-svc"]["environment"]["KAFKA_SASL_PASSWORD"] = json!("hunter2");
+        }),
+        ("a password secret not mounted", "is no compose secret mounted in it", |s, _| {
+            s.compose["services"]["inventory-svc"].as_object_mut().expect("map").remove("secrets");
+        }),
+        ("stale ACLs", "is not what `shopctl acls` prints", |s, _| {
+            s.kafka_acls = s.kafka_acls.replace("--operation Write", "--operation All");
+        }),
         ("health check on the host's listener", "kafka: health check", |s, _| {
             let test = &mut s.compose["services"]["kafka"]["healthcheck"]["test"][1];
-            *test = json!(test.as_str().expect("a shell command").replace("localhost:9092", "localhost:9094"));
+            *test = json!(test.as_str().expect("a shell command").replace("localhost:9095", "localhost:9094"));
         }),
     ];
     for (what, expected, breakage) in breakages {
