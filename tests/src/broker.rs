@@ -164,7 +164,8 @@ impl Broker {
     /// the official image's own configuration step), listening at
     /// `127.0.0.1:port`, with its files in `dir`. Returns once a topic can be
     /// created. It can be killed, not restarted.
-    pub async fn adopt_kafka(child: Child, port: u16, dir: &Path) -> Broker {
+    /// `secure`: its secrets and admin listener, when it runs SASL_SSL.
+    pub async fn adopt_kafka(child: Child, port: u16, dir: &Path, secure: Option<Secure>) -> Broker {
         let node = Node { child: Some(child), port, node_id: 1, controller_port: 0, dir: dir.to_owned() };
         let mut broker = Broker {
             kind: BrokerKind::Kafka,
@@ -175,7 +176,7 @@ impl Broker {
             tansu_storage: String::new(),
             overrides: Vec::new(),
             scratch: None,
-            secure: None,
+            secure,
         };
         if let Err(why) = tokio::task::block_in_place(|| broker.wait_ready(1)) {
             panic!("the adopted Kafka did not start: {why}");
