@@ -66,8 +66,8 @@ impl Broker {
                 None => format!("{error:#}"),
             };
             anyhow!(
-                "cannot reach the Kafka broker at {addr} as {principal} within {} ({reason}); is it running? \
-                 (set --brokers or KAFKA_BROKERS, and KAFKA_SECURITY_PROTOCOL with its credentials)",
+                "cannot reach the Kafka broker at {addr} within {} ({reason}), as principal {principal}; is it \
+                 running? (set --brokers or KAFKA_BROKERS, and KAFKA_SECURITY_PROTOCOL with its credentials)",
                 human(timeout)
             )
         })?;
