@@ -16,13 +16,13 @@ ARG DEBIAN_RELEASE=bookworm
 # ---------------------------------------------------------------------------
 # Builder: compiles the release binaries. librdkafka is built from source by the
 # rdkafka-sys crate (bundled, ./configure + make), which wants a C/C++ toolchain,
-# make, perl, pkg-config and zlib headers. The full rust image already ships
+# make, perl, pkg-config, zlib headers and, for TLS (SASL_SSL), OpenSSL's. The full rust image already ships
 # them; they are listed so that a switch to a slimmer base image keeps working.
 # ---------------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential make perl pkg-config zlib1g-dev \
+    && apt-get install -y --no-install-recommends build-essential make perl pkg-config zlib1g-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 
 # Every binary the image carries. compose.yaml runs only these (a test in
@@ -46,12 +46,13 @@ RUN --mount=type=cache,id=shop-cargo-registry,target=/usr/local/cargo/registry,s
 # ---------------------------------------------------------------------------
 # Runtime: Debian slim, the binaries, CA certificates, and curl for the
 # container health checks (GET /readyz, /healthz). Runs as an unprivileged user.
-# The binaries link only glibc, libgcc and zlib, all part of the base image.
+# The binaries link glibc, libgcc and zlib, part of the base image, and OpenSSL
+# (libssl3) for Kafka's TLS.
 # ---------------------------------------------------------------------------
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 shop \

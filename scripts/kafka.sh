@@ -18,6 +18,15 @@
 # (ID@127.0.0.1:CONTROLLER_PORT; three or more voters append cluster.properties),
 # KAFKA_CLUSTER_ID (else DIR/cluster-id, made once), KAFKA_HEAP_OPTS. K=V arguments
 # are appended last and win. SIGTERM stops a node cleanly; its log is DIR/server.log.
+#
+# Secure node (one node): KAFKA_SECRETS=DIR, a directory made by
+# deploy/kafka/secrets.sh. Then PORT is the SASL_SSL client listener (INTERNAL,
+# SCRAM-SHA-512), KAFKA_BROKER_PORT (PORT+2) the inter-broker and admin listener
+# (TLS, client certificate required), the controller listener is TLS too, and
+# deploy/kafka/secure.properties (ACLs, super users; shared with compose.yaml) is
+# appended. The SCRAM user of each DIR/<principal>.password is created when DIR
+# is formatted, so clients can authenticate from the first second; no ACLs exist
+# yet (apply `shopctl acls` with the admin certificate, see tests/src/broker.rs).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,6 +61,8 @@ prepare_node() {
     local node_id=${KAFKA_NODE_ID:-1}
     local controller_port=${KAFKA_CONTROLLER_PORT:-$((port + 1))}
     local voters=${KAFKA_VOTERS:-$node_id@127.0.0.1:$controller_port}
+    local secrets=${KAFKA_SECRETS:-}
+    [ -z "$secrets" ] || secrets=$(cd "$secrets" && pwd)
     mkdir -p "$dir/data"
     dir=$(cd "$dir" && pwd)
     {
@@ -59,14 +70,25 @@ prepare_node() {
         if [ "$(tr ',' '\n' <<<"$voters" | grep -c .)" -ge 3 ]; then
             cat "$config/cluster.properties"
         fi
+        if [ -n "$secrets" ]; then
+            cat "$config/secure.properties"
+        fi
         echo
         echo "# --- this node (scripts/kafka.sh run) ---"
         echo "node.id=$node_id"
         echo "controller.quorum.voters=$voters"
-        echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port"
-        echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
-        echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
-        echo "inter.broker.listener.name=PLAINTEXT"
+        if [ -n "$secrets" ]; then
+            local broker_port=${KAFKA_BROKER_PORT:-$((port + 2))}
+            echo "listeners=INTERNAL://127.0.0.1:$port,BROKER://127.0.0.1:$broker_port,CONTROLLER://127.0.0.1:$controller_port"
+            echo "advertised.listeners=INTERNAL://127.0.0.1:$port,BROKER://127.0.0.1:$broker_port"
+            echo "ssl.keystore.location=$secrets/broker.pem"
+            echo "ssl.truststore.location=$secrets/ca.crt"
+        else
+            echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port"
+            echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
+            echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+            echo "inter.broker.listener.name=PLAINTEXT"
+        fi
         echo "log.dirs=$dir/data"
         local override
         for override in "$@"; do
@@ -81,8 +103,17 @@ prepare_node() {
         [ -s "$dir/cluster-id" ] || java_cmd kafka.tools.StorageTool random-uuid >"$dir/cluster-id"
         cluster_id=$(cat "$dir/cluster-id")
     fi
+    # A secure node's SCRAM users, stored with the first metadata (only read when
+    # DIR is formatted, so a restart keeps the passwords it had).
+    local scram=() file
+    if [ -n "$secrets" ]; then
+        for file in "$secrets"/*.password; do
+            scram+=(--add-scram "SCRAM-SHA-512=[name=$(basename "$file" .password),password=$(cat "$file")]")
+        done
+    fi
     # --ignore-formatted: a restart keeps its data. No --standalone: the voters are static.
-    java_cmd kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "$dir/server.properties" >/dev/null
+    java_cmd kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "$dir/server.properties" \
+        "${scram[@]}" >/dev/null
     echo "$dir"
 }
 

@@ -8,6 +8,7 @@
 //! envelope is read tolerantly, though: fields a newer producer added to it are
 //! ignored (payloads evolve by schema version instead).
 
+pub mod access;
 pub mod limits;
 mod messages;
 mod order_status;

@@ -8,10 +8,10 @@
 
 pub mod stock;
 
-use events::{topics, Envelope, Message};
+use events::{Envelope, Message};
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
 
-pub const SERVICE: &str = "inventory-svc";
+pub const SERVICE: &str = events::access::INVENTORY_SVC.service;
 
 /// The service's tables (after the platform's: see [`platform::Db::migrate`]).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -25,7 +25,7 @@ pub struct Config {
 
 pub async fn build(config: Config) -> Result<App, platform::Error> {
     let app = App::build(SERVICE, config.platform, &MIGRATIONS).await?;
-    Ok(app.consume(&[topics::PRODUCT_EVENTS, topics::ORDER_EVENTS, topics::PAYMENT_EVENTS], Inventory))
+    Ok(app.consume(events::access::INVENTORY_SVC.consumes, Inventory))
 }
 
 struct Inventory;

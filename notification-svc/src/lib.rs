@@ -12,12 +12,12 @@
 //! recorded UNDELIVERABLE at once, so the partition never waits on it, and is
 //! sent if the contact turns up later.
 
-use events::{topics, Envelope, Message, NotificationSent};
+use events::{Envelope, Message, NotificationSent};
 use platform::db::now_ms;
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
 use sqlx::Row;
 
-pub const SERVICE: &str = "notification-svc";
+pub const SERVICE: &str = events::access::NOTIFICATION_SVC.service;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!();
 
@@ -30,7 +30,7 @@ pub struct Config {
 
 pub async fn build(config: Config) -> Result<App, platform::Error> {
     let app = App::build(SERVICE, config.platform, &MIGRATIONS).await?;
-    Ok(app.consume(&[topics::USER_EVENTS, topics::ORDER_EVENTS, topics::PAYMENT_EVENTS], Notifications))
+    Ok(app.consume(events::access::NOTIFICATION_SVC.consumes, Notifications))
 }
 
 struct Notifications;

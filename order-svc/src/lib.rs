@@ -26,10 +26,10 @@ use std::time::Duration;
 
 use deadlines::Deadlines;
 
-use events::{topics, Envelope, Message};
+use events::{Envelope, Message};
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
 
-pub const SERVICE: &str = "order-svc";
+pub const SERVICE: &str = events::access::ORDER_SVC.service;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!();
 
@@ -78,16 +78,9 @@ impl Config {
 pub async fn build(config: Config) -> Result<App, platform::Error> {
     let deadlines = config.deadlines();
     let app = App::build(SERVICE, config.platform, &MIGRATIONS).await?;
-    let inputs = [
-        topics::ORDER_COMMANDS,
-        topics::USER_EVENTS,
-        topics::PRODUCT_EVENTS,
-        topics::INVENTORY_EVENTS,
-        topics::PAYMENT_EVENTS,
-    ];
     let (db, scrape_db, relay) = (app.db().clone(), app.db().clone(), app.relay());
     Ok(app
-        .consume(&inputs, Orders { deadlines })
+        .consume(events::access::ORDER_SVC.consumes, Orders { deadlines })
         .spawn("saga deadlines", move |stop| deadlines::run(db, relay, deadlines, stop))
         .on_scrape(move || orders::export_outcomes(scrape_db.clone())))
 }

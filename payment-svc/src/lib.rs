@@ -15,7 +15,7 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::{topics, Envelope, Message, OrderCancellationRequested, PaymentDeclined, StockReserved};
+use events::{Envelope, Message, OrderCancellationRequested, PaymentDeclined, StockReserved};
 use platform::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use platform::db::{millis, now_ms};
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 use crate::status::PaymentStatus;
 
-pub const SERVICE: &str = "payment-svc";
+pub const SERVICE: &str = events::access::PAYMENT_SVC.service;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!();
 
@@ -151,7 +151,7 @@ pub async fn build(config: Config) -> Result<App, platform::Error> {
     let (db, relay, queue_wake) = (app.db().clone(), app.relay(), wake.clone());
     let payments = Payments { wake, deadline: config.payment_deadline };
     Ok(app
-        .consume(&[topics::INVENTORY_EVENTS, topics::ORDER_EVENTS], payments)
+        .consume(events::access::PAYMENT_SVC.consumes, payments)
         .spawn("payment queue", move |stop| queue::run(db, gateway, relay, queue_wake, settings, stop))
         .on_scrape(move || {
             let (db, breaker) = (scrape_db.clone(), scrape_breaker.clone());

@@ -32,6 +32,8 @@ type TaskFactory = Box<dyn FnOnce(CancellationToken) -> Task + Send>;
 pub struct App {
     service: &'static str,
     config: PlatformConfig,
+    /// The checked broker connection every client of the service is built from.
+    kafka: kafka::Connection,
     db: Db,
     producer: FutureProducer,
     relay: Arc<Notify>,
@@ -46,30 +48,42 @@ pub struct App {
 impl App {
     /// Connects to the database (migrating it) and the broker (creating missing
     /// topics, including this service's dead-letter topic).
+    ///
+    /// On plaintext (the local system) a service creates every topic of the
+    /// system, so that any one of them started first finds what it needs. With
+    /// SASL it is its own principal, which the ACLs do not let create topics
+    /// (the operator does: `shopctl topics create`) nor see others' topics: it
+    /// waits only for the topics it touches (`events::access`).
     pub async fn build(service: &'static str, config: PlatformConfig, migrations: &Migrator) -> Result<App, Error> {
         config.validate().map_err(Error::Config)?;
+        let kafka = config.kafka()?;
         let url = config.database_url_for(service);
         let db = Db::connect(&url, config.database_max_connections, config.database_busy_timeout).await?;
         let single_replica = SingleReplica::hold(&url)?;
         db.migrate(migrations).await?;
         let group = config.group_id_for(service);
         let (dlq, replay) = (events::topics::dead_letter(&group), events::topics::replay(&group));
-        let mut topics: Vec<&str> = events::topics::ALL.to_vec();
-        topics.extend([dlq.as_str(), replay.as_str()]);
-        kafka::ensure_topics(&config.brokers, &topics, config.topic_partitions, config.topic_replication).await?;
-        let producer = kafka::producer(&config.brokers)?;
+        let mut topics: Vec<String> = match events::access::service(service).filter(|_| kafka.is_secure()) {
+            Some(access) => access.consumes.iter().chain(access.produces).map(|t| (*t).to_owned()).collect(),
+            None => events::topics::ALL.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        topics.extend([dlq, replay]);
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        kafka::ensure_topics(&kafka, &topics, config.topic_partitions, config.topic_replication).await?;
+        let producer = kafka::producer(&kafka)?;
         let http = TcpListener::bind(&config.http_addr)
             .await
             .map_err(|e| Error::Config(format!("cannot listen on HTTP_ADDR {}: {e}", config.http_addr)))?;
         http::prometheus();
         tracing::info!(
-            service, database = %redact(&url), brokers = %config.brokers,
+            service, database = %redact(&url), kafka = %kafka,
             http = %http.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "built"
         );
         let (pruner_db, retention) = (db.clone(), retention::Retention::of(&config));
         let app = App {
             service,
             config,
+            kafka,
             db,
             producer,
             relay: Arc::new(Notify::new()),
@@ -116,7 +130,7 @@ impl App {
         let config = &self.config;
         let settings = ConsumerSettings {
             service: self.service,
-            brokers: config.brokers.clone(),
+            kafka: self.kafka.clone(),
             group_id: config.group_id_for(self.service),
             group_instance_id: config.group_instance_id.clone(),
             topics: topics.to_vec(),

@@ -4,12 +4,19 @@
 
 use std::time::Duration;
 
+use crate::kafka::{Connection, KafkaSecurityArgs};
+
 /// Settings every service shares.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlatformConfig {
     /// Kafka bootstrap servers, comma separated.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
+
+    /// How to authenticate to the brokers (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*,
+    /// KAFKA_SSL_CA_LOCATION): see [`crate::kafka::connection`].
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurityArgs,
 
     /// Address of the HTTP endpoints (/healthz, /readyz, /metrics). Port 0 picks
     /// a free port (logged at start-up).
@@ -141,7 +148,15 @@ impl PlatformConfig {
         config.database_url = None;
         config.group_id = None;
         config.group_instance_id = None;
+        config.kafka_security = KafkaSecurityArgs::plaintext();
         config
+    }
+
+    /// The brokers and how to reach them, checked (a bad combination of the
+    /// KAFKA_SECURITY_PROTOCOL settings, or an unreadable password file, is a
+    /// configuration error naming the setting).
+    pub fn kafka(&self) -> Result<Connection, crate::Error> {
+        self.kafka_security.connect(&self.brokers)
     }
 
     /// The shortest time the transient retries of one record can take, from

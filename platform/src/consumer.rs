@@ -84,7 +84,7 @@ pub use worker::Failure;
 #[derive(Clone)]
 pub struct ConsumerSettings {
     pub service: &'static str,
-    pub brokers: String,
+    pub kafka: kafka::Connection,
     pub group_id: String,
     pub group_instance_id: Option<String>,
     pub topics: Vec<&'static str>,
@@ -175,7 +175,7 @@ async fn session<H: Handler>(
     let context = GroupContext::new(settings.group_id.clone());
     let consumer: Arc<GroupConsumer> = Arc::new(
         kafka::consumer_config(
-            &settings.brokers,
+            &settings.kafka,
             &settings.group_id,
             settings.group_instance_id.as_deref(),
             settings.fetch_wait_max,

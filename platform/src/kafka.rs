@@ -1,6 +1,7 @@
 //! Kafka clients with the settings every service needs: an idempotent producer,
 //! consumers that store offsets by hand, topic creation, and the header layout
-//! every record carries.
+//! every record carries. Every client is built from one [`Connection`]
+//! (brokers and security, see [`connection`]); a bare address is plaintext.
 
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
+pub mod connection;
+
+pub use connection::{Connection, KafkaSecurityArgs, Secret, Security, SecurityProtocol};
+
 /// Header names mirrored from the envelope, so tools can route and filter
 /// without parsing the value.
 pub mod header {
@@ -25,27 +30,16 @@ pub mod header {
     pub const TRACEPARENT: &str = "traceparent";
 }
 
-/// Settings shared by every client. `enable.metrics.push` must be off: Tansu does
-/// not implement KIP-714 telemetry and librdkafka would log errors forever.
-pub fn client_config(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("enable.metrics.push", "false")
-        .set("socket.keepalive.enable", "true")
-        .set("reconnect.backoff.max.ms", "2000");
-    // librdkafka's own debug contexts (e.g. `cgrp,topic,fetch`), for diagnosing
-    // group membership or fetch problems in the field.
-    if let Ok(contexts) = std::env::var("KAFKA_DEBUG") {
-        config.set("debug", contexts);
-    }
-    config
+/// Settings shared by every client: the brokers, how to reach them
+/// ([`Connection::client_config`]), and librdkafka's common knobs.
+pub fn client_config(connection: impl Into<Connection>) -> ClientConfig {
+    connection.into().client_config()
 }
 
 /// An idempotent producer: retries cannot duplicate or reorder records within a
 /// partition, which the outbox relay relies on.
-pub fn producer(brokers: &str) -> Result<FutureProducer, Error> {
-    Ok(client_config(brokers)
+pub fn producer(connection: impl Into<Connection>) -> Result<FutureProducer, Error> {
+    Ok(client_config(connection)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         // The relay hands over a whole batch at once, so waiting for more records
@@ -70,12 +64,12 @@ pub fn fatal_error<C: ClientContext>(client: &Client<C>) -> Option<String> {
 /// background auto-commit sends only stored offsets.
 /// `fetch_wait_max`: see `PlatformConfig::kafka_fetch_wait_max`.
 pub fn consumer_config(
-    brokers: &str,
+    connection: impl Into<Connection>,
     group_id: &str,
     instance_id: Option<&str>,
     fetch_wait_max: Duration,
 ) -> ClientConfig {
-    let mut config = client_config(brokers);
+    let mut config = client_config(connection);
     if let Some(instance_id) = instance_id {
         config.set("group.instance.id", instance_id);
     }
@@ -103,25 +97,47 @@ pub fn consumer_config(
 /// The wait matters on Apache Kafka: a topic just created may not be in the
 /// metadata a consumer gets when it subscribes, and librdkafka then leaves it
 /// unassigned until its next metadata refresh.
-pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32, replication: i32) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
+///
+/// On a broker with ACLs a service is not allowed to create topics (the
+/// operator does, with `shopctl topics create`): a refusal to create is not an
+/// error, the topic is waited for like any other, and if it does not appear the
+/// error names it and says whether it is missing or hidden from this principal.
+pub async fn ensure_topics(
+    connection: impl Into<Connection>,
+    topics: &[&str],
+    partitions: i32,
+    replication: i32,
+) -> Result<(), Error> {
+    let connection = connection.into();
+    let admin: AdminClient<DefaultClientContext> = connection.client_config().create()?;
     let new_topics: Vec<NewTopic<'_>> =
         topics.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication))).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut refused = Vec::new();
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed)) => {
+                refused.push(topic)
+            }
             Err((topic, code)) => return Err(Error::Other(format!("creating topic {topic}: {code}"))),
         }
     }
-    let (brokers, topics) = (brokers.to_owned(), topics.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>());
-    tokio::task::spawn_blocking(move || wait_for_leaders(&brokers, &topics))
+    if !refused.is_empty() {
+        tracing::info!(
+            principal = connection.principal(),
+            topics = %refused.join(", "),
+            "not allowed to create topics; waiting for them to exist (`shopctl topics create` as the operator)"
+        );
+    }
+    let topics = topics.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+    tokio::task::spawn_blocking(move || wait_for_leaders(&connection, &topics))
         .await
         .map_err(|e| Error::Other(format!("waiting for topic metadata: {e}")))?
 }
 
-fn wait_for_leaders(brokers: &str, topics: &[String]) -> Result<(), Error> {
-    let client: BaseConsumer = client_config(brokers).create()?;
+fn wait_for_leaders(connection: &Connection, topics: &[String]) -> Result<(), Error> {
+    let client: BaseConsumer = connection.client_config().create()?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let metadata = client.fetch_metadata(None, Duration::from_secs(5))?;
@@ -141,9 +157,34 @@ fn wait_for_leaders(brokers: &str, topics: &[String]) -> Result<(), Error> {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            return Err(Error::Other(format!("topics without leaders after 30 s: {}", missing.join(", "))));
+            return Err(Error::Other(format!(
+                "topics not ready after 30 s: {}",
+                missing.iter().map(|t| why_missing(&client, connection, t)).collect::<Vec<_>>().join("; ")
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Why `topic` is not in the metadata: asked for by name, the broker tells a
+/// topic that does not exist from one this principal may not see (a listing of
+/// all topics silently leaves out those).
+fn why_missing(client: &BaseConsumer, connection: &Connection, topic: &str) -> String {
+    let error = match client.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+        Ok(metadata) => metadata.topics().first().and_then(|t| t.error()).map(RDKafkaErrorCode::from),
+        Err(error) => error.rdkafka_error_code(),
+    };
+    match error {
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => format!(
+            "{topic}: principal {} is not authorized to see it (missing ACL: Describe, Read or Write on topic \
+             {topic}; see `shopctl acls`)",
+            connection.principal()
+        ),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => {
+            format!("{topic}: does not exist (create it with `shopctl topics create`)")
+        }
+        Some(code) => format!("{topic}: {code}"),
+        None => format!("{topic}: some partition has no leader"),
     }
 }
 

@@ -3,12 +3,12 @@
 //! `product.events`; inventory-svc turns them into stock, order-svc into prices.
 
 use events::{
-    topics, ChangePrice, CreateProduct, Envelope, Message, PriceChanged, ProductCommandRejected, ProductCreated,
+    ChangePrice, CreateProduct, Envelope, Message, PriceChanged, ProductCommandRejected, ProductCreated,
     ProductRestocked, RestockProduct,
 };
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
 
-pub const SERVICE: &str = "product-svc";
+pub const SERVICE: &str = events::access::PRODUCT_SVC.service;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!();
 
@@ -21,7 +21,7 @@ pub struct Config {
 
 pub async fn build(config: Config) -> Result<App, platform::Error> {
     let app = App::build(SERVICE, config.platform, &MIGRATIONS).await?;
-    Ok(app.consume(&[topics::PRODUCT_COMMANDS], Products))
+    Ok(app.consume(events::access::PRODUCT_SVC.consumes, Products))
 }
 
 struct Products;

@@ -2,8 +2,9 @@
 //! topic metadata and watermarks, delivering records (waiting for each delivery
 //! report), and reading topics from a given offset up to their end.
 //!
-//! Every client is built from `platform::kafka::client_config`, which turns off
-//! KIP-714 metrics push (Tansu does not implement it). Reading never joins a
+//! Every client is built from the one `platform::kafka::Connection` (brokers and
+//! security: the operator principal over SASL_SSL in staging), whose settings
+//! also turn off KIP-714 metrics push (Tansu does not implement it). Reading never joins a
 //! consumer group and never commits: partitions are assigned by hand from
 //! explicit offsets, so nothing is left behind on the broker.
 
@@ -27,6 +28,8 @@ use crate::output::human;
 /// A reachable broker and what it said about its topics.
 pub struct Broker {
     pub addr: String,
+    /// The brokers and how shopctl authenticates to them.
+    pub kafka: platform::kafka::Connection,
     pub timeout: Duration,
     client: Arc<BaseConsumer>,
     topics: BTreeMap<String, i32>,
@@ -37,29 +40,34 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.context("background broker call failed")
 }
 
-/// A group id that is never joined nor committed: librdkafka wants one.
+/// A group id that is never joined nor committed: librdkafka wants one. Its
+/// prefix is the one the operator's ACLs allow (`events::access`).
 fn throwaway_group() -> String {
-    format!("shopctl-{}", uuid::Uuid::now_v7().simple())
+    format!("{}{}", events::access::OPERATOR_GROUP_PREFIX, uuid::Uuid::now_v7().simple())
 }
 
 impl Broker {
     /// Connects and reads the topic list, or fails naming the address after
     /// `timeout`.
-    pub async fn connect(addr: &str, timeout: Duration) -> Result<Broker> {
-        let client: BaseConsumer = platform::kafka::client_config(addr)
+    pub async fn connect(kafka: platform::kafka::Connection, timeout: Duration) -> Result<Broker> {
+        let addr = kafka.brokers.clone();
+        let client: BaseConsumer = kafka
+            .client_config()
             .set("group.id", throwaway_group())
             .set("enable.auto.commit", "false")
             .create()
             .with_context(|| format!("cannot create a Kafka client for `{addr}`"))?;
-        let mut broker = Broker { addr: addr.to_owned(), timeout, client: Arc::new(client), topics: BTreeMap::new() };
+        let principal = kafka.principal().to_owned();
+        let mut broker =
+            Broker { addr: addr.clone(), kafka, timeout, client: Arc::new(client), topics: BTreeMap::new() };
         broker.refresh().await.map_err(|error| {
             let reason = match error.downcast_ref::<KafkaError>().and_then(KafkaError::rdkafka_error_code) {
                 Some(code) => code.to_string(),
                 None => format!("{error:#}"),
             };
             anyhow!(
-                "cannot reach the Kafka broker at {addr} within {} ({reason}); is it running? \
-                 (set --brokers or KAFKA_BROKERS)",
+                "cannot reach the Kafka broker at {addr} within {} ({reason}), as principal {principal}; is it \
+                 running? (set --brokers or KAFKA_BROKERS, and KAFKA_SECURITY_PROTOCOL with its credentials)",
                 human(timeout)
             )
         })?;
@@ -127,7 +135,7 @@ impl Broker {
 
     /// An idempotent producer (acks=all), as the services use.
     pub fn producer(&self) -> Result<FutureProducer> {
-        platform::kafka::producer(&self.addr).context("creating a Kafka producer")
+        platform::kafka::producer(&self.kafka).context("creating a Kafka producer")
     }
 }
 
@@ -140,7 +148,9 @@ pub struct GroupOffsets {
 
 impl GroupOffsets {
     pub fn new(broker: &Broker, group: &str) -> Result<GroupOffsets> {
-        let client: BaseConsumer = platform::kafka::client_config(&broker.addr)
+        let client: BaseConsumer = broker
+            .kafka
+            .client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
@@ -324,7 +334,9 @@ impl Reader {
     }
 
     fn consumer(broker: &Broker) -> Result<StreamConsumer> {
-        platform::kafka::client_config(&broker.addr)
+        broker
+            .kafka
+            .client_config()
             .set("group.id", throwaway_group())
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

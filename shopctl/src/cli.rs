@@ -16,6 +16,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
 
+    /// How shopctl authenticates: as the operator principal over SASL_SSL in
+    /// staging (KAFKA_SECURITY_PROTOCOL=sasl_ssl, KAFKA_SASL_USERNAME=operator,
+    /// KAFKA_SASL_PASSWORD_FILE, KAFKA_SSL_CA_LOCATION), plaintext locally.
+    #[command(flatten)]
+    pub kafka_security: platform::kafka::KafkaSecurityArgs,
+
     /// How long to wait for the broker to answer before giving up (e.g. `10s`).
     /// Give it before the subcommand: `shopctl --timeout 3s topics list`.
     #[arg(long, env = "SHOPCTL_BROKER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -54,6 +60,11 @@ pub enum Command {
     Schema(SchemaCommand),
     /// Run the four demo orders against a running system and show their sagas.
     Demo(DemoArgs),
+    /// Print the broker's ACLs: one line of arguments for Kafka's ACL tool
+    /// (`kafka-acls.sh --bootstrap-server ... --command-config ... LINE`) per
+    /// grant, derived from which topics each service consumes and produces.
+    /// Needs no broker.
+    Acls,
 }
 
 #[derive(Debug, Args)]

@@ -19,7 +19,8 @@ mod topics;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
+use platform::kafka::{Connection, KafkaSecurityArgs};
 
 use crate::cli::{Cli, Command, OrderCommand, SchemaCommand};
 
@@ -27,19 +28,28 @@ use crate::cli::{Cli, Command, OrderCommand, SchemaCommand};
 #[derive(Debug, Clone)]
 pub struct Globals {
     pub brokers: String,
+    pub security: KafkaSecurityArgs,
     pub timeout: Duration,
 }
 
 impl Globals {
+    /// The brokers and how to authenticate to them, checked (a bad combination
+    /// of the KAFKA_SECURITY_PROTOCOL settings is an error naming the setting).
+    /// Checked here rather than at parse time: commands that need no broker
+    /// (`schema export`, `acls`) run without credentials.
+    pub fn kafka(&self) -> Result<Connection> {
+        self.security.connect(&self.brokers).map_err(|error| anyhow!("{error}"))
+    }
+
     /// The broker, reachable, with its topic list; or an error naming the address.
     pub async fn connect(&self) -> Result<broker::Broker> {
-        broker::Broker::connect(&self.brokers, self.timeout).await
+        broker::Broker::connect(self.kafka()?, self.timeout).await
     }
 }
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
-    let globals = Globals { brokers: cli.brokers, timeout: cli.timeout };
+    let globals = Globals { brokers: cli.brokers, security: cli.kafka_security, timeout: cli.timeout };
     match cli.command {
         Command::Publish(args) => publish::run(&globals, args).await,
         Command::User(command) => shortcuts::user(&globals, command).await,
@@ -52,5 +62,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Dlq(command) => dlq::run(&globals, command).await,
         Command::Schema(SchemaCommand::Export { dir }) => schema::export(&dir),
         Command::Demo(args) => demo::run(&globals, args).await,
+        Command::Acls => {
+            for line in events::access::acl_commands() {
+                say!("{}", line.join(" "));
+            }
+            Ok(())
+        }
     }
 }

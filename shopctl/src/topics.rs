@@ -13,18 +13,10 @@ use crate::cli::TopicsCommand;
 use crate::output::Table;
 use crate::{say, Globals};
 
-/// The services (and so consumer groups) of the system, each with a .dlq and .replay topic.
-pub const SERVICES: [&str; 6] =
-    ["user-svc", "product-svc", "order-svc", "inventory-svc", "payment-svc", "notification-svc"];
-
-/// Every topic the system uses.
+/// Every topic the system uses: the catalogue, and each service's .dlq and
+/// .replay topic (`events::access`, the table the ACLs come from too).
 pub fn all_topics() -> Vec<String> {
-    let mut topics: Vec<String> = events::topics::ALL.iter().map(|t| (*t).to_owned()).collect();
-    for service in SERVICES {
-        topics.push(events::topics::dead_letter(service));
-        topics.push(events::topics::replay(service));
-    }
-    topics
+    events::access::all_topics()
 }
 
 pub async fn run(globals: &Globals, command: TopicsCommand) -> Result<()> {
@@ -40,7 +32,7 @@ async fn create(globals: &Globals, partitions: i32, replication: i32) -> Result<
     }
     let mut broker = globals.connect().await?;
     let admin: AdminClient<DefaultClientContext> =
-        platform::kafka::client_config(&broker.addr).create().context("creating a Kafka admin client")?;
+        broker.kafka.client_config().create().context("creating a Kafka admin client")?;
     let names = all_topics();
     let new_topics: Vec<NewTopic<'_>> =
         names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication))).collect();

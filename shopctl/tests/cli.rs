@@ -66,7 +66,7 @@ async fn shopctl(brokers: &str, args: &[&str], stdin: Option<&str>) -> Run {
 /// Records stored in `topic` (all partitions), by reading them: Tansu's
 /// watermarks undercount a final record batch.
 async fn count(brokers: &str, topic: &str) -> usize {
-    let kafka = Kafka::connect(brokers, Duration::from_secs(10)).await.expect("broker");
+    let kafka = Kafka::connect(brokers.into(), Duration::from_secs(10)).await.expect("broker");
     let mut reader = Reader::open(&kafka, &[topic], Start::Beginning).await.expect("reader");
     let mut records = 0;
     reader.read_to_end(Duration::from_secs(10), |_| records += 1).await.expect("read");
@@ -378,7 +378,7 @@ async fn dead_letters_are_listed_inspected_and_replayed() {
     let run = shopctl(&brokers, &["dlq", "replay", "order-svc", "--key", "LATE", "--rate", "5"], None).await;
     assert!(run.ok(), "{}", run.stderr);
     assert_eq!(count(&brokers, "order-svc.replay").await, 2);
-    let kafka = Kafka::connect(&brokers, Duration::from_secs(10)).await.expect("broker");
+    let kafka = Kafka::connect((&brokers).into(), Duration::from_secs(10)).await.expect("broker");
     let group = GroupOffsets::new(&kafka, "order-svc").expect("group offsets");
     wait_until!("order-svc consumed both replays", {
         let mut consumed = 0;

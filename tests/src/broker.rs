@@ -2,6 +2,13 @@
 //! 4.4 (the jars and settings of `scripts/kafka.sh`: one node, or a cluster of
 //! three or more) or Tansu 0.6 (`scripts/tansu.sh`). Every test that runs the saga
 //! names its broker; `BrokerKind::any` picks one for tests about something else.
+//!
+//! [`Broker::start_secure`] runs a Kafka node as staging does: SASL_SSL with
+//! SCRAM-SHA-512, the StandardAuthorizer, certificates and passwords made by
+//! deploy/kafka/secrets.sh; [`Broker::apply_acls`] grants what `shopctl acls`
+//! prints, as the admin certificate. Its clients then authenticate as a
+//! principal ([`Broker::connection_as`]); the harness's own (the stack's
+//! publisher, topic reads) as the operator ([`Broker::connection`]).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -9,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use platform::kafka::{Connection, KafkaSecurityArgs};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -78,6 +86,15 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// deploy/kafka/secrets.sh into `dir`: a CA, the broker's and the admin's
+/// certificates, and a password per principal.
+pub fn make_secrets(dir: &Path) -> PathBuf {
+    let output =
+        Command::new(repo().join("deploy/kafka/secrets.sh")).arg(dir).output().expect("deploy/kafka/secrets.sh");
+    assert!(output.status.success(), "deploy/kafka/secrets.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+    dir.canonicalize().expect("the secrets directory")
+}
+
 pub fn tansu_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("TANSU_BIN") {
         return PathBuf::from(bin);
@@ -115,6 +132,17 @@ pub struct Broker {
     overrides: Vec<String>,
     /// The directory of a [`Broker::scratch`] broker, removed with it.
     scratch: Option<tempfile::TempDir>,
+    /// A secure Kafka node ([`Broker::start_secure`]).
+    secure: Option<Secure>,
+}
+
+/// What the harness knows of a secure node.
+#[derive(Debug, Clone)]
+pub struct Secure {
+    /// The output of deploy/kafka/secrets.sh: ca.crt, admin.pem, `<principal>.password`.
+    pub secrets: PathBuf,
+    /// The inter-broker listener, where the admin certificate is a super user.
+    pub broker_port: u16,
 }
 
 impl Broker {
@@ -136,7 +164,8 @@ impl Broker {
     /// the official image's own configuration step), listening at
     /// `127.0.0.1:port`, with its files in `dir`. Returns once a topic can be
     /// created. It can be killed, not restarted.
-    pub async fn adopt_kafka(child: Child, port: u16, dir: &Path) -> Broker {
+    /// `secure`: its secrets and admin listener, when it runs SASL_SSL.
+    pub async fn adopt_kafka(child: Child, port: u16, dir: &Path, secure: Option<Secure>) -> Broker {
         let node = Node { child: Some(child), port, node_id: 1, controller_port: 0, dir: dir.to_owned() };
         let mut broker = Broker {
             kind: BrokerKind::Kafka,
@@ -147,6 +176,7 @@ impl Broker {
             tansu_storage: String::new(),
             overrides: Vec::new(),
             scratch: None,
+            secure,
         };
         if let Err(why) = tokio::task::block_in_place(|| broker.wait_ready(1)) {
             panic!("the adopted Kafka did not start: {why}");
@@ -160,24 +190,39 @@ impl Broker {
             BrokerStorage::Durable => "sqlite://broker.db",
             BrokerStorage::Memory => "memory://tansu/",
         };
-        Broker::spawn_all(kind, dir, 1, storage, overrides).await
+        Broker::spawn_all(kind, dir, 1, storage, overrides, false).await
+    }
+
+    /// One Kafka node with its client listener on SASL_SSL (SCRAM-SHA-512) and
+    /// ACLs enforced (deploy/kafka/secure.properties), its secrets made in
+    /// `dir/secrets` by deploy/kafka/secrets.sh, a SCRAM user for the operator
+    /// and each service. No ACL is granted yet: see [`Broker::apply_acls`].
+    pub async fn start_secure(dir: &Path) -> Broker {
+        Broker::spawn_all(BrokerKind::Kafka, dir, 1, "", &[], true).await
     }
 
     /// `nodes` Kafka nodes, the first three of them controllers; topics get
     /// replication factor 3 and `min.insync.replicas=2` (deploy/kafka/cluster.properties).
     pub async fn kafka_cluster(nodes: usize, dir: &Path) -> Broker {
         assert!(nodes >= 3, "a Kafka cluster needs three controllers");
-        Broker::spawn_all(BrokerKind::Kafka, dir, nodes, "", &[]).await
+        Broker::spawn_all(BrokerKind::Kafka, dir, nodes, "", &[], false).await
     }
 
     /// Starts `count` nodes and waits until they are ready. A node that exits
     /// during start-up (most likely a port another process took since
     /// [`free_port`] saw it free) is started afresh on new ports, twice at most.
-    async fn spawn_all(kind: BrokerKind, dir: &Path, count: usize, storage: &str, overrides: &[&str]) -> Broker {
+    async fn spawn_all(
+        kind: BrokerKind,
+        dir: &Path,
+        count: usize,
+        storage: &str,
+        overrides: &[&str],
+        secure: bool,
+    ) -> Broker {
         let replication = if count >= 3 { 3 } else { 1 };
         let mut attempt = 1;
         loop {
-            let mut broker = Broker::spawn_once(kind, dir, count, storage, overrides);
+            let mut broker = Broker::spawn_once(kind, dir, count, storage, overrides, secure);
             match tokio::task::block_in_place(|| broker.wait_ready(replication)) {
                 Ok(()) => return broker,
                 Err(why) if attempt < 3 => {
@@ -193,7 +238,14 @@ impl Broker {
         }
     }
 
-    fn spawn_once(kind: BrokerKind, dir: &Path, count: usize, storage: &str, overrides: &[&str]) -> Broker {
+    fn spawn_once(
+        kind: BrokerKind,
+        dir: &Path,
+        count: usize,
+        storage: &str,
+        overrides: &[&str],
+        secure: bool,
+    ) -> Broker {
         let nodes: Vec<Node> = (1..=count)
             .map(|i| Node {
                 child: None,
@@ -223,6 +275,7 @@ impl Broker {
             tansu_storage: storage.to_owned(),
             overrides: overrides.iter().map(|s| (*s).to_owned()).collect(),
             scratch: None,
+            secure: secure.then(|| Secure { secrets: make_secrets(&dir.join("secrets")), broker_port: free_port() }),
         };
         for index in 0..broker.nodes.len() {
             broker.spawn(index);
@@ -246,12 +299,117 @@ impl Broker {
         stdout
     }
 
+    /// The secure node's secrets and admin port, if it is one.
+    pub fn secure(&self) -> Option<&Secure> {
+        self.secure.as_ref()
+    }
+
+    /// How the harness's own clients reach the broker: plaintext, or on a
+    /// secure node as the operator (who publishes the commands and may read
+    /// every topic), like shopctl in staging.
+    pub fn connection(&self) -> Connection {
+        match &self.secure {
+            Some(_) => self.connection_as(events::access::OPERATOR),
+            None => Connection::plaintext(&self.addr),
+        }
+    }
+
+    /// The settings a program authenticating as `principal` gets (its password
+    /// from its file, as compose's secrets give it); plaintext on a node that
+    /// is not secure.
+    pub fn security_for(&self, principal: &str) -> KafkaSecurityArgs {
+        match &self.secure {
+            Some(secure) => KafkaSecurityArgs::sasl_ssl(
+                principal,
+                &secure.secrets.join(format!("{principal}.password")),
+                &secure.secrets.join("ca.crt"),
+            ),
+            None => KafkaSecurityArgs::plaintext(),
+        }
+    }
+
+    /// A connection as `principal` (see [`Broker::security_for`]).
+    pub fn connection_as(&self, principal: &str) -> Connection {
+        self.security_for(principal).connect(&self.addr).expect("the harness's security settings are valid")
+    }
+
+    /// A client of the super user: plaintext, or on a secure node the admin
+    /// certificate on the inter-broker listener (TLS, client certificate
+    /// required). For the harness only; programs never get a certificate.
+    pub fn admin_config(&self) -> rdkafka::ClientConfig {
+        let Some(secure) = &self.secure else { return platform::kafka::client_config(&self.addr) };
+        let mut config = platform::kafka::client_config(format!("127.0.0.1:{}", secure.broker_port).as_str());
+        let (ca, admin) = (secure.secrets.join("ca.crt"), secure.secrets.join("admin.pem"));
+        config
+            .set("security.protocol", "ssl")
+            .set("ssl.ca.location", ca.display().to_string())
+            .set("ssl.certificate.location", admin.display().to_string())
+            .set("ssl.key.location", admin.display().to_string());
+        config
+    }
+
+    /// Grants the ACLs `shopctl acls` prints (`events::access::acl_commands`),
+    /// through Kafka's own ACL tool as the admin certificate, two tools at a
+    /// time (each is a JVM of its own, seconds to start). Panics, with the
+    /// tool's output, if one fails.
+    pub fn apply_acls(&self) {
+        let secure = self.secure.as_ref().expect("ACLs need a secure broker (Broker::start_secure)");
+        let properties = secure.secrets.join("admin-client.properties");
+        let admin = secure.secrets.join("admin.pem");
+        std::fs::write(
+            &properties,
+            format!(
+                "security.protocol=SSL\nssl.keystore.type=PEM\nssl.keystore.location={}\n\
+                 ssl.truststore.type=PEM\nssl.truststore.location={}\n",
+                admin.display(),
+                secure.secrets.join("ca.crt").display()
+            ),
+        )
+        .expect("write the admin client's properties");
+        let bootstrap = format!("127.0.0.1:{}", secure.broker_port);
+        let commands = events::access::acl_commands();
+        for batch in commands.chunks(2) {
+            std::thread::scope(|scope| {
+                let runs: Vec<_> = batch
+                    .iter()
+                    .map(|args| {
+                        let (bootstrap, properties) = (&bootstrap, &properties);
+                        scope.spawn(move || {
+                            let output = Command::new(repo().join("scripts/kafka.sh"))
+                                .args(["tool", "org.apache.kafka.tools.AclCommand", "--bootstrap-server", bootstrap])
+                                .arg("--command-config")
+                                .arg(properties)
+                                .args(args)
+                                // A client JVM starts in half the time without the
+                                // optimising compiler, which it never needs.
+                                .env("KAFKA_HEAP_OPTS", "-Xms64m -Xmx256m -XX:TieredStopAtLevel=1")
+                                .output()
+                                .expect("scripts/kafka.sh tool");
+                            (args, output)
+                        })
+                    })
+                    .collect();
+                for run in runs {
+                    let (args, output) = run.join().expect("ACL tool thread");
+                    assert!(
+                        output.status.success(),
+                        "AclCommand {} failed ({}): {}{}",
+                        args.join(" "),
+                        output.status,
+                        String::from_utf8_lossy(&output.stdout),
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                }
+            });
+        }
+    }
+
     /// Ready means a client can create a topic (with `replication` replicas), not
     /// a line in a log: the controller has a quorum and enough brokers registered.
+    /// On a secure node, as the admin (no ACL exists yet).
     fn wait_ready(&mut self, replication: i32) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(120);
-        let admin: AdminClient<DefaultClientContext> =
-            platform::kafka::client_config(&self.addr).create().map_err(|e| e.to_string())?;
+        let admin: AdminClient<DefaultClientContext> = self.admin_config().create().map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         let topic = NewTopic::new("harness.ready", 1, TopicReplication::Fixed(replication));
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
@@ -294,6 +452,11 @@ impl Broker {
                     .env("KAFKA_CONTROLLER_PORT", node.controller_port.to_string())
                     .env("KAFKA_VOTERS", &self.voters)
                     .env("KAFKA_CLUSTER_ID", &self.cluster_id);
+                if let Some(secure) = &self.secure {
+                    command
+                        .env("KAFKA_SECRETS", &secure.secrets)
+                        .env("KAFKA_BROKER_PORT", secure.broker_port.to_string());
+                }
                 // Nodes past the third are brokers only.
                 if node.node_id > 3 {
                     command.arg("process.roles=broker");

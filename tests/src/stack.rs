@@ -95,7 +95,9 @@ impl Stack {
         let gateway_url = format!("http://{}", listener.local_addr().expect("gateway address"));
         let gateway_stop = CancellationToken::new();
         tokio::spawn(payment_svc::simulator::serve(listener, 1_000_000, gateway_stop.clone()));
-        let producer = platform::kafka::producer(&broker.addr).expect("producer");
+        // The test's publisher is the operator on a secure broker: commands
+        // come from shopctl in staging.
+        let producer = platform::kafka::producer(broker.connection()).expect("producer");
         let mut stack = Stack {
             broker,
             dbs,
@@ -116,8 +118,10 @@ impl Stack {
         stack
     }
 
-    fn platform_config(&self, database_url: String) -> PlatformConfig {
+    fn platform_config(&self, service: &str, database_url: String) -> PlatformConfig {
         let mut config = PlatformConfig::local(&self.broker.addr);
+        // Each service its own principal on a secure broker; plaintext otherwise.
+        config.kafka_security = self.broker.security_for(service);
         config.database_url = Some(database_url);
         config.kafka_fetch_wait_max = self.broker.kind.fetch_wait_max();
         config.outbox_poll_interval = Duration::from_millis(200);
@@ -129,7 +133,7 @@ impl Stack {
 
     /// Builds and runs `service` in this process.
     pub async fn start_service(&mut self, service: &'static str) {
-        let platform = self.platform_config(self.dbs.url_for(service).await);
+        let platform = self.platform_config(service, self.dbs.url_for(service).await);
         let app = match service {
             "user-svc" => user_svc::build(user_svc::Config { platform }).await,
             "product-svc" => product_svc::build(product_svc::Config { platform }).await,
@@ -198,7 +202,7 @@ impl Stack {
 
     /// Every record of `topic` from the beginning up to its current end.
     pub async fn read_topic(&self, topic: &str) -> Vec<OwnedMessage> {
-        read_topic_at(&self.broker.addr, topic).await
+        read_topic_at(self.broker.connection(), topic).await
     }
 
     /// A pool on `service`'s own database, for assertions.
@@ -370,16 +374,19 @@ async fn stock_of(db: &Db, sku: &str) -> Result<Option<(i64, i64, i64, i64)>, sq
         .await
 }
 
-/// Every record of `topic` on the broker at `brokers`, up to its current end.
-pub async fn read_topic_at(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || read_topic_blocking(&brokers, &topic)).await.expect("reader thread")
+/// Every record of `topic` on the broker at `brokers` (an address: plaintext),
+/// up to its current end.
+pub async fn read_topic_at(brokers: impl Into<platform::kafka::Connection>, topic: &str) -> Vec<OwnedMessage> {
+    let (connection, topic) = (brokers.into(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_topic_blocking(&connection, &topic)).await.expect("reader thread")
 }
 
-fn read_topic_blocking(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
+fn read_topic_blocking(connection: &platform::kafka::Connection, topic: &str) -> Vec<OwnedMessage> {
     let timeout = Duration::from_secs(10);
-    let mut config = platform::kafka::client_config(brokers);
-    config.set("group.id", "saga-tests-reader").set("enable.auto.commit", "false");
+    let mut config = connection.client_config();
+    // A reader group of the operator's kind, which its ACLs allow on a secure broker.
+    let group = format!("{}saga-tests-reader", events::access::OPERATOR_GROUP_PREFIX);
+    config.set("group.id", group).set("enable.auto.commit", "false");
     let consumer: BaseConsumer = config.create().expect("reader");
     let metadata = consumer.fetch_metadata(Some(topic), timeout).expect("metadata");
     let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();

@@ -14,7 +14,9 @@
 //!   settings it shares with the test brokers (deploy/kafka/server.properties).
 //! - `on_kafka_compose_kafka_settings_run_the_saga` runs the kafka service's
 //!   settings for real: the image's own configuration step on the jars of
-//!   scripts/kafka.sh, then one order end to end on that broker.
+//!   scripts/kafka.sh with compose's secrets made by deploy/kafka/secrets.sh, the
+//!   kafka-setup job's script (SCRAM users, ACLs), then one order end to end on
+//!   that broker, every service as its own principal.
 //!
 //! Each check returns a list of problems; `checks_catch_broken_stacks` and
 //! `compose_refuses_broken_files` break the stack in known ways and assert that the
@@ -45,7 +47,7 @@ fn read(relative: &str) -> String {
 
 /// Services that run once and exit (`restart: "no"`): no health check, and
 /// dependants wait for them with `service_completed_successfully`.
-const ONE_SHOT: &[&str] = &["topics", "cli"];
+const ONE_SHOT: &[&str] = &["kafka-setup", "topics", "cli"];
 
 /// Variables the programs read outside clap: tracing's EnvFilter reads RUST_LOG;
 /// every other `std::env::var("...")` in the shipped crates' sources must be
@@ -71,6 +73,14 @@ const KAFKA_MOUNTED_CONFIG: &str = "/mnt/shared/config/server.properties";
 
 /// The settings every Kafka of this project runs, mounted there.
 const KAFKA_SHARED_CONFIG: &str = "deploy/kafka/server.properties";
+
+/// The security settings every secure Kafka runs (the tests' secure broker
+/// appends the file); staging's node sets each as a KAFKA_* variable, since the
+/// image reads only one mounted server.properties.
+const KAFKA_SECURE_CONFIG: &str = "deploy/kafka/secure.properties";
+
+/// The grants of `shopctl acls`, as the kafka-setup job applies them.
+const KAFKA_ACLS: &str = "deploy/kafka/acls.txt";
 
 /// Properties of the shared file that the staging node may set again: they follow
 /// a compose variable (TOPIC_PARTITIONS).
@@ -134,6 +144,10 @@ struct Stack {
     staging_md: String,
     /// deploy/kafka/server.properties.
     kafka_shared: BTreeMap<String, String>,
+    /// deploy/kafka/secure.properties.
+    kafka_secure: BTreeMap<String, String>,
+    /// deploy/kafka/acls.txt.
+    kafka_acls: String,
     /// The Apache Kafka release whose jars scripts/kafka.sh runs in the tests.
     kafka_version: String,
 }
@@ -341,6 +355,8 @@ fn read_stack() -> Stack {
         configuration_md: read("docs/configuration.md"),
         staging_md: read("docs/staging.md"),
         kafka_shared: parse_properties(&read(KAFKA_SHARED_CONFIG)),
+        kafka_secure: parse_properties(&read(KAFKA_SECURE_CONFIG)),
+        kafka_acls: read(KAFKA_ACLS),
         kafka_version,
     }
 }
@@ -872,6 +888,76 @@ fn check_kafka(stack: &Stack) -> Vec<String> {
     problems
 }
 
+/// Kafka is secure in staging: the node runs deploy/kafka/secure.properties,
+/// every program authenticates over SASL_SSL as its own principal with its
+/// password from a compose secret, and the kafka-setup job grants what `shopctl
+/// acls` prints.
+fn check_kafka_security(stack: &Stack) -> Vec<String> {
+    let mut problems = Vec::new();
+    let settings = kafka_settings(stack);
+    for (key, value) in &stack.kafka_secure {
+        match settings.get(key) {
+            Some(theirs) if theirs == value => {}
+            theirs => problems.push(format!(
+                "kafka: {key} is {theirs:?} in compose, but {KAFKA_SECURE_CONFIG} (what the tests' secure broker runs) \
+                 says {value:?}"
+            )),
+        }
+    }
+    let protocols = settings.get("listener.security.protocol.map").cloned().unwrap_or_default();
+    for (name, _, _) in listeners(settings.get("listeners").map_or("", String::as_str)) {
+        let protocol = protocols.split(',').find_map(|entry| entry.strip_prefix(&format!("{name}:")));
+        if !matches!(protocol, Some("SASL_SSL" | "SSL")) {
+            problems.push(format!("kafka: listener {name} is {protocol:?}; staging has no plaintext listener"));
+        }
+    }
+    let declared: BTreeSet<String> =
+        stack.compose["secrets"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    for (name, service) in app_services(stack) {
+        let env = environment(&service);
+        if program(&service).as_deref() == Some("gateway-sim") {
+            continue;
+        }
+        let expected = if name.ends_with("-svc") { name.as_str() } else { events::access::OPERATOR };
+        if env.get("KAFKA_SECURITY_PROTOCOL").map(String::as_str) != Some("sasl_ssl") {
+            problems.push(format!("service {name}: KAFKA_SECURITY_PROTOCOL is not sasl_ssl"));
+        }
+        if env.get("KAFKA_SASL_USERNAME").map(String::as_str) != Some(expected) {
+            problems.push(format!(
+                "service {name}: KAFKA_SASL_USERNAME is {:?}; expected its own principal {expected}",
+                env.get("KAFKA_SASL_USERNAME")
+            ));
+        }
+        if env.contains_key("KAFKA_SASL_PASSWORD") {
+            problems.push(format!("service {name}: a password in the environment; use KAFKA_SASL_PASSWORD_FILE"));
+        }
+        let mounted: Vec<String> = service["secrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["source"].as_str().or(s.as_str()).map(str::to_owned))
+            .collect();
+        for var in ["KAFKA_SASL_PASSWORD_FILE", "KAFKA_SSL_CA_LOCATION"] {
+            let path = env.get(var).cloned().unwrap_or_default();
+            let secret = path.strip_prefix("/run/secrets/").unwrap_or_default();
+            if !declared.contains(secret) || !mounted.iter().any(|m| m == secret) {
+                problems.push(format!("service {name}: {var}={path:?} is no compose secret mounted in it"));
+            }
+        }
+        if env.get("KAFKA_SASL_PASSWORD_FILE").is_some_and(|p| !p.contains(&format!("kafka-{expected}-password"))) {
+            problems.push(format!("service {name}: KAFKA_SASL_PASSWORD_FILE is not {expected}'s password"));
+        }
+    }
+    let printed: Vec<String> = events::access::acl_commands().iter().map(|c| c.join(" ")).collect();
+    let committed: Vec<String> = stack.kafka_acls.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect();
+    if printed != committed {
+        problems.push(format!(
+            "{KAFKA_ACLS} is not what `shopctl acls` prints; regenerate it (shopctl acls > {KAFKA_ACLS})"
+        ));
+    }
+    problems
+}
+
 fn check_wiring(stack: &Stack) -> Vec<String> {
     let mut problems = Vec::new();
     let all = services(&stack.compose);
@@ -1278,6 +1364,7 @@ fn all_problems(stack: &Stack, code: &Code) -> Vec<String> {
     let mut problems = check_service_crates(stack, code);
     problems.extend(check_environment(stack, code));
     problems.extend(check_kafka(stack));
+    problems.extend(check_kafka_security(stack));
     problems.extend(check_wiring(stack));
     problems.extend(check_health_and_restart(stack));
     problems.extend(check_depends_on(stack));
@@ -1315,6 +1402,11 @@ fn every_service_crate_is_deployed_with_the_environment_its_config_reads() {
 #[test]
 fn kafka_runs_the_tests_release_and_their_shared_settings() {
     assert_no_problems("kafka", check_kafka(&load_stack()));
+}
+
+#[test]
+fn kafka_is_secure_with_a_principal_per_service_and_the_acls_of_shopctl() {
+    assert_no_problems("kafka security", check_kafka_security(&load_stack()));
 }
 
 #[test]
@@ -1457,9 +1549,31 @@ fn checks_catch_broken_stacks() {
         ("data off the volume", "is not a named volume's mount point", |s, _| {
             s.compose["services"]["kafka"]["environment"]["KAFKA_LOG_DIRS"] = json!("/tmp/kraft-combined-logs");
         }),
+        ("a plaintext listener", "staging has no plaintext listener", |s, _| {
+            s.compose["services"]["kafka"]["environment"]["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] =
+                json!("INTERNAL:PLAINTEXT,EXTERNAL:SASL_SSL,BROKER:SSL,CONTROLLER:SSL");
+        }),
+        ("no authorizer", "authorizer.class.name", |s, _| {
+            s.compose["services"]["kafka"]["environment"]
+                .as_object_mut()
+                .expect("map")
+                .remove("KAFKA_AUTHORIZER_CLASS_NAME");
+        }),
+        ("a shared principal", "expected its own principal order-svc", |s, _| {
+            s.compose["services"]["order-svc"]["environment"]["KAFKA_SASL_USERNAME"] = json!("payment-svc");
+        }),
+        ("a password in the environment", "use KAFKA_SASL_PASSWORD_FILE", |s, _| {
+            s.compose["services"]["user-svc"]["environment"]["KAFKA_SASL_PASSWORD"] = json!("hunter2");
+        }),
+        ("a password secret not mounted", "is no compose secret mounted in it", |s, _| {
+            s.compose["services"]["inventory-svc"].as_object_mut().expect("map").remove("secrets");
+        }),
+        ("stale ACLs", "is not what `shopctl acls` prints", |s, _| {
+            s.kafka_acls = s.kafka_acls.replace("--operation Write", "--operation All");
+        }),
         ("health check on the host's listener", "kafka: health check", |s, _| {
             let test = &mut s.compose["services"]["kafka"]["healthcheck"]["test"][1];
-            *test = json!(test.as_str().expect("a shell command").replace("localhost:9092", "localhost:9094"));
+            *test = json!(test.as_str().expect("a shell command").replace("localhost:9095", "localhost:9094"));
         }),
     ];
     for (what, expected, breakage) in breakages {
@@ -1674,6 +1788,20 @@ async fn on_kafka_compose_kafka_settings_run_the_saga() {
     }
     assert!(mounts > 0, "compose mounts nothing into the kafka service's /mnt/shared/config");
 
+    // Compose's secrets, made here as staging makes them (deploy/kafka/secrets.sh),
+    // and each /run/secrets/<name> a program is given moved to its file here.
+    let secrets = saga_tests::broker::make_secrets(&dir.path().join("secrets"));
+    let mut secret_files = BTreeMap::new();
+    for (name, secret) in deployment.compose["secrets"].as_object().into_iter().flatten() {
+        let file = Path::new(secret["file"].as_str().expect("a file secret"));
+        let local = secrets.join(file.file_name().expect("a file name"));
+        assert!(local.is_file(), "secret {name}: deploy/kafka/secrets.sh makes no {}", local.display());
+        secret_files.insert(format!("/run/secrets/{name}"), local.display().to_string());
+    }
+    let localize = |text: &str| {
+        secret_files.iter().fold(text.to_owned(), |text, (mounted, local)| text.replace(mounted.as_str(), local))
+    };
+
     // The environment, with the addresses moved here and nothing else changed.
     let compose_env = environment(kafka);
     let mut env = compose_env.clone();
@@ -1706,6 +1834,9 @@ async fn on_kafka_compose_kafka_settings_run_the_saga() {
         .map(|(i, _)| dir.path().join(format!("data-{i}")).display().to_string())
         .collect();
     env.insert("KAFKA_LOG_DIRS".to_owned(), data.join(","));
+    for value in env.values_mut() {
+        *value = localize(value);
+    }
 
     let java = |command: &mut Command| {
         command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).current_dir(dir.path());
@@ -1768,13 +1899,29 @@ async fn on_kafka_compose_kafka_settings_run_the_saga() {
         assert!(Instant::now() < deadline, "Kafka on compose's settings does not listen on {internal}:\n{}", logs(40));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let broker = saga_tests::Broker::adopt_kafka(child, internal_port, dir.path()).await;
+    // The BROKER listener, where the admin certificate is a super user.
+    let inter_broker = compose_env.get("KAFKA_INTER_BROKER_LISTENER_NAME").cloned().unwrap_or_default();
+    let broker_port = bound
+        .iter()
+        .find(|(name, _, _)| *name == inter_broker)
+        .map(|(_, _, port)| network.ports[port])
+        .expect("the inter-broker listener is bound");
+    let secure = saga_tests::broker::Secure { secrets: secrets.clone(), broker_port };
+    let broker = saga_tests::Broker::adopt_kafka(child, internal_port, dir.path(), Some(secure)).await;
 
     // Every setting it was given is one Kafka knows, and took effect as given.
     let given = parse_properties(&std::fs::read_to_string(&properties).expect("the final server.properties"));
     let taken = kafka_config_dump(&std::fs::read_to_string(dir.path().join("server.log")).expect("server.log"));
     let mut ignored = Vec::new();
     for (key, value) in &given {
+        // Per-listener settings (listener.name.NAME.*) and the authorizer's own
+        // are not in Kafka's dump; the setup job and the saga below, each
+        // service as its own principal, exercise them.
+        if key.starts_with("listener.name.")
+            || ["super.users", "allow.everyone.if.no.acl.found"].contains(&key.as_str())
+        {
+            continue;
+        }
         match taken.get(key) {
             None => ignored.push(format!("{key}={value} is no setting of Kafka {}", deployment.kafka_version)),
             Some(actual) if normalized(actual) != normalized(value) => {
@@ -1794,7 +1941,20 @@ async fn on_kafka_compose_kafka_settings_run_the_saga() {
     let args: Vec<String> = words[1..]
         .iter()
         .take_while(|w| !w.starts_with('>') && !w.starts_with('|') && **w != "&&")
-        .map(|w| if host_port(w).is_some() { network.via_containers(w) } else { (*w).to_owned() })
+        .map(|w| {
+            if host_port(w).is_some() {
+                network.via_containers(w)
+            } else if let Some(volume) = mount(kafka, w) {
+                // A mounted client config: the file, its secrets' paths moved here.
+                let source = volume["source"].as_str().expect("a bind mount's source");
+                let text = localize(&std::fs::read_to_string(source).expect("the mounted file"));
+                let local = dir.path().join(Path::new(w).file_name().expect("a file name"));
+                std::fs::write(&local, text).expect("write the localized file");
+                local.display().to_string()
+            } else {
+                (*w).to_owned()
+            }
+        })
         .collect();
     let mut health = Command::new("java");
     java(&mut health);
@@ -1806,12 +1966,65 @@ async fn on_kafka_compose_kafka_settings_run_the_saga() {
         String::from_utf8_lossy(&health.stderr)
     );
 
-    // The topics job, as compose runs it.
+    // The kafka-setup job, as compose runs it: its script, with Kafka's tools
+    // from the jars here and its secrets under the names compose mounts them.
+    let setup = &all["kafka-setup"];
+    let script = string_list(&setup["entrypoint"]).last().cloned().expect("kafka-setup's script");
+    let script = mount(setup, &script).and_then(|v| v["source"].as_str()).expect("the script is mounted").to_owned();
+    let (tools, mounted_secrets) = (dir.path().join("kafka-bin"), dir.path().join("run-secrets"));
+    std::fs::create_dir_all(&tools).expect("a tools dir");
+    std::fs::create_dir_all(&mounted_secrets).expect("a secrets dir");
+    for (script, class) in [
+        ("kafka-configs.sh", "org.apache.kafka.tools.ConfigCommand"),
+        ("kafka-acls.sh", "org.apache.kafka.tools.AclCommand"),
+    ] {
+        let shim = format!(
+            "#!/bin/sh\nKAFKA_HEAP_OPTS='-Xms64m -Xmx256m -XX:TieredStopAtLevel=1' exec '{}' tool {class} \"$@\"\n",
+            root().join("scripts/kafka.sh").display()
+        );
+        let path = tools.join(script);
+        std::fs::write(&path, shim).expect("write a tool shim");
+        let executable = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+        std::fs::set_permissions(&path, executable).expect("make the shim executable");
+    }
+    for secret in setup["secrets"].as_array().into_iter().flatten() {
+        let name = secret["source"].as_str().expect("a secret's name");
+        let local = &secret_files[&format!("/run/secrets/{name}")];
+        std::fs::copy(local, mounted_secrets.join(name)).expect("copy a secret");
+    }
+    let mut setup_env = environment(setup);
+    let bootstrap = setup_env.get("KAFKA_SETUP_BOOTSTRAP").cloned().expect("KAFKA_SETUP_BOOTSTRAP");
+    setup_env.insert("KAFKA_SETUP_BOOTSTRAP".to_owned(), network.via_containers(&bootstrap));
+    setup_env.insert("KAFKA_TOOLS".to_owned(), tools.display().to_string());
+    setup_env.insert("KAFKA_SETUP_SECRETS".to_owned(), mounted_secrets.display().to_string());
+    let acls = mount(setup, "/mnt/setup/acls.txt").and_then(|v| v["source"].as_str()).expect("acls.txt is mounted");
+    setup_env.insert("KAFKA_SETUP_ACLS".to_owned(), acls.to_owned());
+    let mut job = Command::new("bash");
+    java(&mut job);
+    let job = job.arg(&script).envs(&setup_env).output().expect("bash runs the kafka-setup script");
+    assert!(
+        job.status.success(),
+        "the kafka-setup job fails: {}{}",
+        String::from_utf8_lossy(&job.stdout),
+        String::from_utf8_lossy(&job.stderr)
+    );
+
+    // The topics job, as compose runs it: as the operator.
     let topics = &all["topics"];
-    let job_brokers =
-        network.via_containers(environment(topics).get("KAFKA_BROKERS").expect("the topics job's KAFKA_BROKERS"));
+    let topics_env = environment(topics);
+    let job_brokers = network.via_containers(topics_env.get("KAFKA_BROKERS").expect("the topics job's KAFKA_BROKERS"));
     let command = string_list(&topics["command"]);
     let mut argv = vec!["shopctl".to_owned(), "--brokers".to_owned(), job_brokers];
+    for (var, flag) in [
+        ("KAFKA_SECURITY_PROTOCOL", "--kafka-security-protocol"),
+        ("KAFKA_SASL_USERNAME", "--kafka-sasl-username"),
+        ("KAFKA_SASL_PASSWORD_FILE", "--kafka-sasl-password-file"),
+        ("KAFKA_SSL_CA_LOCATION", "--kafka-ssl-ca-location"),
+    ] {
+        if let Some(value) = topics_env.get(var) {
+            argv.extend([flag.to_owned(), localize(value)]);
+        }
+    }
     argv.extend(command.into_iter().skip(1));
     let cli = <shopctl::cli::Cli as clap::Parser>::try_parse_from(&argv).expect("the topics job's command line parses");
     shopctl::run(cli).await.unwrap_or_else(|e| panic!("the topics job ({argv:?}) fails: {e:#}"));
@@ -1841,7 +2054,8 @@ async fn on_kafka_compose_kafka_settings_run_the_saga() {
         .map(|(_, host, port)| (host, port))
         .expect("a listener advertised to the host");
     let external = network.advertised(&external_host, external_port);
-    let records = saga_tests::stack::read_topic_at(&external, events::topics::ORDER_EVENTS).await;
+    let operator = stack.broker.security_for(events::access::OPERATOR).connect(&external).expect("the operator");
+    let records = saga_tests::stack::read_topic_at(&operator, events::topics::ORDER_EVENTS).await;
     assert!(
         records.iter().any(|r| r.key() == Some(b"order-staging".as_slice())),
         "the order's events are not visible through the listener advertised to the host ({external})"

@@ -401,7 +401,7 @@ impl Fixture {
     fn settings(&self) -> ConsumerSettings {
         ConsumerSettings {
             service: "consumer-test",
-            brokers: self.broker.addr.clone(),
+            kafka: self.broker.connection(),
             group_id: GROUP.into(),
             group_instance_id: None,
             topics: vec![events::topics::USER_COMMANDS],

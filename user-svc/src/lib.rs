@@ -3,11 +3,11 @@
 //! `user.events`, from which order-svc and notification-svc build their
 //! projections.
 
-use events::{topics, Envelope, Message, RegisterUser, UserRegistered, UserRegistrationRejected};
+use events::{Envelope, Message, RegisterUser, UserRegistered, UserRegistrationRejected};
 use platform::{App, Handler, HandlerError, PlatformConfig, Tx};
 use sqlx::Row;
 
-pub const SERVICE: &str = "user-svc";
+pub const SERVICE: &str = events::access::USER_SVC.service;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!();
 
@@ -20,7 +20,7 @@ pub struct Config {
 
 pub async fn build(config: Config) -> Result<App, platform::Error> {
     let app = App::build(SERVICE, config.platform, &MIGRATIONS).await?;
-    Ok(app.consume(&[topics::USER_COMMANDS], Users))
+    Ok(app.consume(events::access::USER_SVC.consumes, Users))
 }
 
 struct Users;

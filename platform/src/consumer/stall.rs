@@ -48,7 +48,7 @@ impl Probe {
     /// A client in the consumer's group that never joins it (offset lookups only).
     pub(super) fn new(settings: &ConsumerSettings) -> Result<Probe, Error> {
         let client =
-            kafka::consumer_config(&settings.brokers, &settings.group_id, None, settings.fetch_wait_max).create()?;
+            kafka::consumer_config(&settings.kafka, &settings.group_id, None, settings.fetch_wait_max).create()?;
         Ok(Probe { client: Arc::new(client), topics: settings.topics.clone() })
     }
 
