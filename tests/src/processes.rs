@@ -187,6 +187,11 @@ impl ProcessStack {
         self.services.get(&(service, 0)).map(Child::id)
     }
 
+    /// The processes of every replica of `service` that is running.
+    pub fn pids(&self, service: &'static str) -> Vec<u32> {
+        (0..self.replicas).filter_map(|replica| self.services.get(&(service, replica)).map(Child::id)).collect()
+    }
+
     /// SIGKILL: no shutdown, no flush, no final commit.
     pub fn kill(&mut self, service: &'static str) {
         self.kill_replica(service, 0);

@@ -269,11 +269,11 @@ fn helpers(stack: &ProcessStack) -> [(&'static str, &'static str); 2] {
     [(BROKER, broker_comm(stack.broker.kind)), ("gateway-sim", "gateway-sim")]
 }
 
-/// Processes to watch: the six services, the broker, the gateway simulator,
+/// Processes to watch: the six services (all their replicas), the broker, the gateway simulator,
 /// this benchmark, and PostgreSQL's backends (machine-wide) when in use.
 fn watched(stack: &ProcessStack) -> Vec<(String, Vec<u32>)> {
     let mut list: Vec<(String, Vec<u32>)> =
-        SERVICES.iter().filter_map(|s| stack.pid(s).map(|pid| ((*s).to_owned(), vec![pid]))).collect();
+        SERVICES.iter().map(|s| ((*s).to_owned(), stack.pids(s))).filter(|(_, pids)| !pids.is_empty()).collect();
     list.extend(helpers(stack).map(|(name, comm)| (name.to_owned(), probe::children_named(comm))));
     list.push(("saga-bench".into(), vec![std::process::id()]));
     if stack.dbs.backend == crate::Backend::Postgres {

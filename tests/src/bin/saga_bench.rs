@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p saga-tests --bin saga-bench -- \
 //!     [--broker kafka|tansu|both] [--backend sqlite|postgres|both] [--orders N] [--rate R] \
-//!     [--runs K] [--json out.json]
+//!     [--runs K] [--json out.json] [--replicas N --backend postgres]
 //! ```
 //!
 //! Each run, for every selected broker (Apache Kafka on disk, Tansu on its
@@ -27,7 +27,7 @@ use saga_tests::bench::topics::Sample;
 use saga_tests::bench::traffic::{Load, Phase};
 use saga_tests::bench::{baseline, topics, traffic};
 use saga_tests::processes::ProcessStack;
-use saga_tests::{Backend, BrokerKind, BrokerStorage, Target};
+use saga_tests::{Backend, Broker, BrokerKind, BrokerStorage, Databases};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,6 +79,11 @@ struct Args {
     /// Run the service binaries found here instead of building them (release).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Processes per service, sharing its database (PostgreSQL only) and its
+    /// consumer group. With more than one, give the topics partitions enough
+    /// for all: `--service-env TOPIC_PARTITIONS=12`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    replicas: u16,
 }
 
 #[derive(Debug, Serialize)]
@@ -238,10 +243,16 @@ async fn run_system(
     ceiling_orders_per_s: f64,
 ) -> SystemRun {
     let name = format!("{}/{}", kind.name(), backend_name(backend));
-    eprintln!("[{name}] starting broker ({}), gateway simulator and six services", baseline::storage(kind));
-    let target = Target::new(kind, backend);
+    eprintln!(
+        "[{name}] starting broker ({}), gateway simulator and six services x {} replicas",
+        baseline::storage(kind),
+        args.replicas
+    );
     // Tansu on its memory engine, as the baseline; Kafka keeps its log on disk regardless.
-    let stack = ProcessStack::start_in(target, bin_dir.to_owned(), BrokerStorage::Memory, env.to_vec()).await;
+    let dbs = Databases::new(backend);
+    let broker = Broker::start(kind, dbs.dir(), BrokerStorage::Memory).await;
+    let replicas = usize::from(args.replicas);
+    let stack = ProcessStack::start_replicated(broker, dbs, bin_dir.to_owned(), env.to_vec(), replicas).await;
     let producer = platform::kafka::producer(&stack.broker.addr).expect("producer");
     traffic::reference_data(&stack, &producer).await;
     eprintln!("[{name}] warm-up: {} orders at 50/s", args.warmup);
@@ -452,19 +463,23 @@ fn repo() -> PathBuf {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
-    let env: Vec<(String, String)> = args
-        .service_env
-        .iter()
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').expect("--service-env takes KEY=VALUE");
-            (k.to_owned(), v.to_owned())
-        })
-        .collect();
+    let mut env: Vec<(String, String)> = Vec::new();
+    for setting in &args.service_env {
+        let Some((key, value)) = setting.split_once('=') else {
+            eprintln!("saga-bench: --service-env takes KEY=VALUE, not '{setting}'");
+            std::process::exit(2);
+        };
+        env.push((key.to_owned(), value.to_owned()));
+    }
     let backends: Vec<Backend> = match args.backend {
         Backends::Sqlite => vec![Backend::Sqlite],
         Backends::Postgres => vec![Backend::Postgres],
         Backends::Both => vec![Backend::Sqlite, Backend::Postgres],
     };
+    if args.replicas > 1 && args.backend != Backends::Postgres {
+        eprintln!("saga-bench: --replicas {} needs --backend postgres (SQLite is single-replica)", args.replicas);
+        std::process::exit(2);
+    }
     let brokers: Vec<BrokerKind> = match args.broker {
         Brokers::Kafka => vec![BrokerKind::Kafka],
         Brokers::Tansu => vec![BrokerKind::Tansu],
