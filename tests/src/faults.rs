@@ -26,7 +26,7 @@ use sqlx::Row;
 
 use crate::processes::{build_binaries, ProcessStack, Profile};
 use crate::stack::SERVICES;
-use crate::{Backend, Broker, BrokerKind, BrokerStorage, Databases, Target};
+use crate::{Backend, Broker, BrokerKind, Databases, Target};
 
 /// Which consumer groups read each input topic, hence which dead-letter topics
 /// a poison message on it must reach.
@@ -51,7 +51,7 @@ pub enum Faults {
     /// its data halfway through. Nothing else goes wrong.
     BrokerFailover,
     /// `FaultPlan::replicas` processes of every service on one PostgreSQL
-    /// database each. The first half of the load runs without faults, and there
+    /// database each, on Kafka with SASL_SSL and ACLs. The first half of the load runs without faults, and there
     /// every outbox row must reach its topic once and the gateway get one call
     /// per payment attempt; then a random replica of a random service is
     /// SIGKILLed every 1.5-4 s and started again 0.2-1.5 s later.
@@ -178,8 +178,15 @@ pub async fn run(plan: &FaultPlan) -> Report {
         }
         Faults::ReplicaKills => {
             assert_eq!(plan.target.backend, Backend::Postgres, "replicas share a PostgreSQL database");
+            assert_eq!(plan.target.broker, BrokerKind::Kafka, "replicas run as staging does: Kafka with SASL_SSL");
             let dbs = Databases::new(plan.target.backend);
-            let broker = Broker::start(plan.target.broker, dbs.dir(), BrokerStorage::Durable).await;
+            // As in staging: each replica authenticates as its service's
+            // principal, the ACLs enforced, the topics made by the operator.
+            let broker = Broker::start_secure(dbs.dir()).await;
+            tokio::task::block_in_place(|| broker.apply_acls());
+            let topics = events::access::all_topics();
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            platform::kafka::ensure_topics(broker.connection(), &topics, 3, 1).await.expect("topics, as the operator");
             let mut env = env;
             // Relays looking often make two of them reading the same rows likely,
             // were the outbox not held by one at a time.
@@ -187,7 +194,7 @@ pub async fn run(plan: &FaultPlan) -> Report {
             ProcessStack::start_replicated(broker, dbs, build_binaries(plan.profile), env, plan.replicas).await
         }
     };
-    let producer = platform::kafka::producer(&stack.broker.addr).expect("producer");
+    let producer = platform::kafka::producer(stack.broker.connection()).expect("producer");
     let http = reqwest::Client::new();
     let sent: Shared<Sent> = Arc::default();
     let mut rng = fastrand::Rng::with_seed(plan.seed);
@@ -454,7 +461,7 @@ async fn once_before(stack: &ProcessStack, http: &reqwest::Client, cut_ms: i64) 
     let mut first_attempt: BTreeSet<String> = BTreeSet::new();
     let mut deferred: BTreeSet<String> = BTreeSet::new();
     for topic in events::topics::ALL.iter().filter(|t| t.ends_with(".events")) {
-        for record in crate::stack::read_topic_at(&stack.broker.addr, topic).await {
+        for record in crate::stack::read_topic_at(stack.broker.connection(), topic).await {
             let Ok(envelope) = Envelope::from_json(record.payload().unwrap_or_default()) else { continue };
             let occurred = envelope.occurred_at_ms().unwrap_or(i64::MAX);
             let seen = published.entry(envelope.event_id.to_string()).or_insert((0, occurred));
@@ -548,7 +555,7 @@ async fn inject_faults(
             5 => {
                 let topic = events::topics::ALL[rng.usize(..events::topics::ALL.len())];
                 target = topic;
-                let records = crate::stack::read_topic_at(&stack.broker.addr, topic).await;
+                let records = crate::stack::read_topic_at(stack.broker.connection(), topic).await;
                 let mut republished = 0;
                 for record in records.iter().filter(|_| rng.u8(..4) == 0).take(20) {
                     let key = String::from_utf8_lossy(record.key().unwrap_or_default()).into_owned();
@@ -718,7 +725,7 @@ pub async fn check(
     let mut dead: HashMap<String, Vec<(String, HeaderList)>> = HashMap::new();
     for service in SERVICES {
         let topic = events::topics::dead_letter(service);
-        for record in crate::stack::read_topic_at(&stack.broker.addr, &topic).await {
+        for record in crate::stack::read_topic_at(stack.broker.connection(), &topic).await {
             let key = String::from_utf8_lossy(record.key().unwrap_or_default()).into_owned();
             dead.entry(service.to_owned()).or_default().push((key, HeaderList::from_kafka(record.headers())));
         }

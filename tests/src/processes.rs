@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use platform::kafka::SecurityProtocol;
+
 use crate::broker::free_port;
 use crate::stack::SERVICES;
 use crate::{Broker, BrokerStorage, Databases, Target};
@@ -160,6 +162,7 @@ impl ProcessStack {
         let name = if replica == 0 { service.to_owned() } else { format!("{service}-{}", replica + 1) };
         let mut command = Command::new(self.bin_dir.join(service));
         command
+            .envs(self.kafka_security_env(service))
             .env("KAFKA_BROKERS", &self.broker.addr)
             .env("KAFKA_FETCH_WAIT_MAX", format!("{}ms", self.broker.kind.fetch_wait_max().as_millis()))
             .env("DATABASE_URL", database_url)
@@ -185,6 +188,22 @@ impl ProcessStack {
     /// The process of `service` (its first replica).
     pub fn pid(&self, service: &'static str) -> Option<u32> {
         self.services.get(&(service, 0)).map(Child::id)
+    }
+
+    /// On a secure broker, the settings that make `service` its own principal,
+    /// its password from a file (as compose's secrets give it); none otherwise.
+    fn kafka_security_env(&self, service: &str) -> Vec<(&'static str, String)> {
+        let security = self.broker.security_for(service);
+        if security.protocol == SecurityProtocol::Plaintext {
+            return Vec::new();
+        }
+        let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+        vec![
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl".to_owned()),
+            ("KAFKA_SASL_USERNAME", security.username.unwrap_or_default()),
+            ("KAFKA_SASL_PASSWORD_FILE", path(security.password_file)),
+            ("KAFKA_SSL_CA_LOCATION", path(security.ca_location)),
+        ]
     }
 
     /// The processes of every replica of `service` that is running.

@@ -1,4 +1,5 @@
-//! Several processes of a service. On PostgreSQL, replicas share the work: one
+//! Several processes of a service. On PostgreSQL, replicas share the work (on
+//! Kafka with SASL_SSL and ACLs, as staging runs them): one
 //! relay at a time publishes the outbox, and payments are claimed, so each row is
 //! published once and each attempt reaches the gateway once, kills included.
 //! SQLite is single-replica and a second process says so. And a payment worker
@@ -19,8 +20,8 @@ fn seed() -> u64 {
     std::env::var("FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..))
 }
 
-/// Three processes of every service on one PostgreSQL database each, under
-/// load: fault-free at first (each event on its topic once, one gateway call
+/// Three processes of every service on one PostgreSQL database each, on Kafka
+/// with SASL_SSL and ACLs (each its service's principal), under load: fault-free at first (each event on its topic once, one gateway call
 /// per charge), then replicas SIGKILLed and restarted; the fault suite's
 /// invariants hold throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -57,8 +57,11 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
-    if args.replicas.is_some() && args.backend != "postgres" {
-        eprintln!("saga-faults: --replicas needs --backend postgres (SQLite is single-replica)");
+    if args.replicas.is_some() && (args.backend != "postgres" || args.broker != "kafka") {
+        eprintln!(
+            "saga-faults: --replicas needs --backend postgres (SQLite is single-replica) and --broker kafka \
+             (the replicas run on Kafka with SASL_SSL and ACLs, as in staging)"
+        );
         return ExitCode::from(2);
     }
     let backends = match args.backend.as_str() {
