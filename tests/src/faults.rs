@@ -400,6 +400,14 @@ async fn generate_load(
     }
 }
 
+/// The gateway simulator's ledger at `url`; empty while it cannot be read.
+pub async fn gateway_ledger(http: &reqwest::Client, url: &str) -> Ledger {
+    match http.get(format!("{url}/ledger")).send().await {
+        Ok(response) => response.json().await.unwrap_or_default(),
+        Err(_) => Ledger::default(),
+    }
+}
+
 pub async fn set_gateway(http: &reqwest::Client, url: &str, mode: Mode, latency_ms: u64) {
     let _ = http.put(format!("{url}/control")).json(&Control { mode, latency_ms }).send().await;
 }
@@ -484,10 +492,7 @@ async fn once_before(stack: &ProcessStack, http: &reqwest::Client, cut_ms: i64) 
     let repeated: Vec<String> =
         before.iter().filter(|(_, (n, _))| *n > 1).map(|(id, (n, _))| format!("{id} published {n} times")).collect();
     let repeats_after = published.values().filter(|(n, at)| *at >= cut_ms && *n > 1).count();
-    let ledger: Ledger = match http.get(format!("{}/ledger", stack.gateway_url)).send().await {
-        Ok(response) => response.json().await.unwrap_or_default(),
-        Err(_) => Ledger::default(),
-    };
+    let ledger = gateway_ledger(http, &stack.gateway_url).await;
     let charges: Vec<&String> = first_attempt.difference(&deferred).collect();
     let called_again: Vec<String> = charges
         .iter()
@@ -673,10 +678,7 @@ pub async fn check(
     out.push(("stock conserved, none reserved, sold = confirmed".to_owned(), stock.len(), bad));
 
     // 3. Money: one charge per confirmed order, one refund per refunded one, none otherwise.
-    let ledger: Ledger = match http.get(format!("{}/ledger", stack.gateway_url)).send().await {
-        Ok(response) => response.json().await.unwrap_or_default(),
-        Err(_) => Ledger::default(),
-    };
+    let ledger = gateway_ledger(http, &stack.gateway_url).await;
     let mut bad = Vec::new();
     for (id, (status, refunded)) in &orders {
         let charged = ledger.charges.get(id).is_some_and(|c| c.approved);

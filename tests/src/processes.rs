@@ -124,13 +124,18 @@ impl ProcessStack {
         Stdio::from(file)
     }
 
+    /// The binary `name` this stack runs.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
     pub fn log_dir(&self) -> &Path {
         &self.logs
     }
 
     pub fn start_gateway(&mut self) {
         let listen = self.gateway_url.trim_start_matches("http://").to_owned();
-        let child = Command::new(self.bin_dir.join("gateway-sim"))
+        let child = Command::new(self.bin("gateway-sim"))
             .env("GATEWAY_LISTEN", &listen)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -160,7 +165,7 @@ impl ProcessStack {
         let database_url = self.dbs.url_for(service).await;
         let port = *self.http.entry((service, replica)).or_insert_with(free_port);
         let name = if replica == 0 { service.to_owned() } else { format!("{service}-{}", replica + 1) };
-        let mut command = Command::new(self.bin_dir.join(service));
+        let mut command = Command::new(self.bin(service));
         command
             .envs(self.kafka_security_env(service))
             .env("KAFKA_BROKERS", &self.broker.addr)

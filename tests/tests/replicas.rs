@@ -10,10 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use events::{CancelOrder, CreateProduct, OrderLine, PlaceOrder, RegisterUser};
-use payment_svc::simulator::{Ledger, Mode};
+use payment_svc::simulator::Mode;
 use platform::Db;
-use saga_tests::faults::{self, publish, set_gateway, FaultPlan, Faults};
-use saga_tests::processes::{build_binaries, ProcessStack, Profile};
+use saga_tests::faults::{self, gateway_ledger, publish, set_gateway, FaultPlan, Faults};
+use saga_tests::processes::{ProcessStack, Profile};
 use saga_tests::{eventually, expect_eq, Backend, BrokerKind, Target};
 
 fn seed() -> u64 {
@@ -45,8 +45,7 @@ async fn on_kafka_three_replicas_of_every_service_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_kafka_a_second_replica_on_sqlite_refuses_to_start() {
     let mut stack = ProcessStack::start(Target::new(BrokerKind::Kafka, Backend::Sqlite), Profile::Debug, vec![]).await;
-    let bin = build_binaries(Profile::Debug).join("user-svc");
-    let mut second = Command::new(bin)
+    let mut second = Command::new(stack.bin("user-svc"))
         .env("KAFKA_BROKERS", &stack.broker.addr)
         .env("DATABASE_URL", stack.dbs.url_for("user-svc").await)
         .env("HTTP_ADDR", "127.0.0.1:0")
@@ -106,10 +105,10 @@ async fn on_kafka_a_charge_whose_worker_died_mid_call_is_settled_before_it_is_st
     let lines = vec![OrderLine { sku: "SKU-1".into(), quantity: 1 }];
     let place = PlaceOrder { order_id: "o1".into(), user_id: "u1".into(), lines, payment_token: "tok_visa".into() };
     assert!(publish(&producer, place).await);
-    let ledger_url = format!("{}/ledger", stack.gateway_url);
-    let ledger = || async { http.get(&ledger_url).send().await.expect("ledger").json::<Ledger>().await };
+    let gateway_url = stack.gateway_url.clone();
+    let ledger = || gateway_ledger(&http, &gateway_url);
     eventually("the charge taken at the gateway", Duration::from_secs(30), || async {
-        let ledger = ledger().await.map_err(|e| e.to_string())?;
+        let ledger = ledger().await;
         expect_eq("charge approved", ledger.charges.get("o1").map(|c| c.approved), Some(true))
     })
     .await;
@@ -128,7 +127,7 @@ async fn on_kafka_a_charge_whose_worker_died_mid_call_is_settled_before_it_is_st
         expect_eq("status, refunded", (status.as_str(), refunded), ("CANCELLED", 1))
     })
     .await;
-    let ledger = ledger().await.expect("ledger");
+    let ledger = ledger().await;
     let refund = ledger.refunds.get("refund:o1").expect("a refund of the charge");
     assert!(refund.approved && refund.amount_minor == 700, "{refund:?}");
     stack.stop().await;
